@@ -1,0 +1,74 @@
+//! Checkpoint stores: where tasks' durable progress lives, and the checkpointer that writes it in batches.
+//!
+//! Invariant: a stored checkpoint never claims more than the target acknowledged, because it is always a
+//! snapshot of a [`crate::progress::Position`].
+
+mod file;
+mod writer;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use file::FileStore;
+pub use writer::Checkpointer;
+
+use crate::progress::Position;
+
+/// A task inside one flow: source topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+}
+
+/// A task's checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The acknowledged position.
+    #[serde(flatten)]
+    pub position: Position,
+    /// Wall-clock time of the write, milliseconds since the Unix epoch.
+    pub written_at_ms: i64,
+}
+
+/// Errors of a checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's medium failed (disk, network); the write may be retried.
+    #[error("checkpoint store I/O failed at {location}: {source}")]
+    Io {
+        /// File or endpoint involved.
+        location: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Stored data could not be decoded; it was written by something else or is damaged.
+    #[error("checkpoint data at {location} is unreadable: {message}")]
+    Corrupt {
+        /// File or key involved.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Durable storage of task checkpoints, per flow.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
+    /// Every checkpoint stored for `flow`.
+    async fn load(&self, flow: &str) -> Result<BTreeMap<TaskKey, Checkpoint>, StoreError>;
+
+    /// Stores a batch of checkpoints of one flow atomically: all or none.
+    async fn save(&self, flow: &str, batch: &[(TaskKey, Checkpoint)]) -> Result<(), StoreError>;
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,194 @@
+//! Discovery: polls each flow's source metadata and turns matching topic-partitions into the wanted tasks,
+//! after making sure their target topics exist.
+//!
+//! Invariant: a cluster that cannot be reached never stops tasks. Its flows keep the tasks found last time
+//! (librdkafka keeps retrying underneath), and only a successful look shrinks or grows the set.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{ClusterAdmin, TopicInfo};
+use crate::config::TopicFilter;
+use crate::metrics::Metrics;
+use crate::naming::TopicNaming;
+use crate::progress::TaskId;
+use crate::topic_sync::{self, TopicPair};
+
+/// How soon to look again after a failed look, when the discovery interval is longer.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3);
+
+/// One wanted task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// The task.
+    pub id: TaskId,
+    /// The target topic its records go to.
+    pub target_topic: String,
+}
+
+/// A flow as discovery sees it.
+#[derive(Debug, Clone)]
+pub struct FlowTopics {
+    /// Flow name.
+    pub name: String,
+    /// Source cluster alias.
+    pub source: String,
+    /// Target cluster alias.
+    pub target: String,
+    /// Include/exclude patterns.
+    pub filter: TopicFilter,
+    /// Naming policy.
+    pub naming: TopicNaming,
+}
+
+impl FlowTopics {
+    /// Discovery's view of one configured flow.
+    pub fn from_config(
+        config: &crate::config::Config,
+        flow: &crate::config::FlowConfig,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            name: flow.name.clone(),
+            source: flow.source.clone(),
+            target: flow.target.clone(),
+            filter: flow.topic_filter()?,
+            naming: TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned()),
+        })
+    }
+
+    /// The topics of `source_topics` this flow replicates, with their target names.
+    pub fn matching(&self, source_topics: &BTreeMap<String, TopicInfo>) -> Vec<TopicPair> {
+        source_topics
+            .iter()
+            .filter(|(topic, _)| self.naming.check(topic).is_ok() && self.filter.matches(topic))
+            .map(|(topic, info)| TopicPair {
+                source: topic.clone(),
+                target: self.naming.remote_topic(topic),
+                partitions: info.partitions,
+            })
+            .collect()
+    }
+}
+
+/// The outcome of one look at every flow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// Every wanted task.
+    pub tasks: BTreeMap<TaskId, TaskSpec>,
+    /// Whether every cluster answered; `false` means some flows kept their previous tasks.
+    pub complete: bool,
+    /// Whether any look has completed since start.
+    pub ever_complete: bool,
+}
+
+/// Polls source metadata for every flow.
+#[derive(Debug)]
+pub struct Discovery {
+    flows: Vec<FlowTopics>,
+    admins: BTreeMap<String, Arc<ClusterAdmin>>,
+    metrics: Metrics,
+}
+
+impl Discovery {
+    /// Discovery over `flows`, with an admin client per cluster alias they use.
+    pub fn new(flows: Vec<FlowTopics>, admins: BTreeMap<String, Arc<ClusterAdmin>>, metrics: Metrics) -> Self {
+        Self { flows, admins, metrics }
+    }
+
+    fn admin(&self, alias: &str) -> &ClusterAdmin {
+        self.admins.get(alias).expect("an admin client exists for every cluster a flow names")
+    }
+
+    /// Looks once at every flow; flows whose clusters do not answer keep their tasks from `previous`.
+    pub async fn discover(&self, previous: &Discovered) -> Discovered {
+        let mut tasks = BTreeMap::new();
+        let mut complete = true;
+        let mut source_topics: BTreeMap<&str, Option<BTreeMap<String, TopicInfo>>> = BTreeMap::new();
+        for flow in &self.flows {
+            if !source_topics.contains_key(flow.source.as_str()) {
+                let listed = self.admin(&flow.source).topics().await;
+                self.metrics.cluster_up.with_label_values(&[&flow.source]).set(i64::from(listed.is_ok()));
+                let listed = listed
+                    .map_err(
+                        |error| warn!(cluster = flow.source.as_str(), %error, "cannot list topics of source cluster"),
+                    )
+                    .ok();
+                source_topics.insert(flow.source.as_str(), listed);
+            }
+            let found = match &source_topics[flow.source.as_str()] {
+                Some(topics) => self.flow_tasks(flow, topics).await,
+                None => None,
+            };
+            match found {
+                Some(found) => tasks.extend(found),
+                None => {
+                    complete = false;
+                    tasks.extend(
+                        previous
+                            .tasks
+                            .iter()
+                            .filter(|(id, _)| *id.flow == *flow.name)
+                            .map(|(id, spec)| (id.clone(), spec.clone())),
+                    );
+                }
+            }
+        }
+        Discovered { tasks, complete, ever_complete: previous.ever_complete || complete }
+    }
+
+    async fn flow_tasks(
+        &self,
+        flow: &FlowTopics,
+        source_topics: &BTreeMap<String, TopicInfo>,
+    ) -> Option<BTreeMap<TaskId, TaskSpec>> {
+        let pairs = flow.matching(source_topics);
+        let target = self.admin(&flow.target);
+        let ready = match topic_sync::sync(&flow.name, self.admin(&flow.source), target, &pairs, &self.metrics).await {
+            Ok(ready) => {
+                self.metrics.cluster_up.with_label_values(&[&flow.target]).set(1);
+                ready
+            }
+            Err(error) => {
+                warn!(flow = flow.name.as_str(), %error, "cannot prepare target topics");
+                if matches!(error, crate::admin::AdminError::Request { ref cluster, .. } if *cluster == flow.target) {
+                    self.metrics.cluster_up.with_label_values(&[&flow.target]).set(0);
+                }
+                return None;
+            }
+        };
+        let mut tasks = BTreeMap::new();
+        for pair in pairs.iter().filter(|pair| ready.contains(&pair.source)) {
+            for partition in 0..pair.partitions {
+                let id = TaskId::new(&flow.name, &pair.source, partition);
+                tasks.insert(id.clone(), TaskSpec { id, target_topic: pair.target.clone() });
+            }
+        }
+        Some(tasks)
+    }
+
+    /// Looks every `interval` (sooner after a failure) and publishes each outcome until `shutdown`.
+    pub async fn run(self, interval: Duration, publish: watch::Sender<Discovered>, shutdown: CancellationToken) {
+        let mut current = Discovered::default();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = self.discover(&current) => next,
+            };
+            if next.tasks.len() != current.tasks.len() {
+                info!(tasks = next.tasks.len(), complete = next.complete, "discovered tasks");
+            }
+            let wait = if next.complete { interval } else { interval.min(RETRY_AFTER_FAILURE) };
+            current = next;
+            publish.send_replace(current.clone());
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! librdkafka client settings shared by every client ferry builds, the client context that reports errors under
+//! the cluster's alias, and the classification of Kafka errors.
+//!
+//! Invariant: user `client` properties always win over ferry's defaults, and every log line or error a client
+//! emits names the cluster alias it belongs to.
+
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tracing::{debug, error, info, warn};
+
+use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
+
+/// Timeout for one metadata or admin request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Building a client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A `client` property could not be resolved (missing secret file or variable).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// librdkafka refused the configuration.
+    #[error("cannot create a Kafka client for cluster {cluster}: {source}")]
+    Create {
+        /// Cluster alias.
+        cluster: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+}
+
+/// The role a client plays, which decides ferry's default properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reads a source cluster.
+    Consumer,
+    /// Writes a target cluster.
+    Producer,
+    /// Metadata and topic administration.
+    Admin,
+}
+
+/// The client configuration for `cluster` in `role`: ferry's defaults, then the user's `client` properties.
+pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result<ClientConfig, ClientError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &cluster.bootstrap_servers);
+    config.set("client.id", format!("ferry-{alias}"));
+    match role {
+        Role::Consumer => {
+            config
+                // Aborted transactions must never reach the target.
+                .set("isolation.level", "read_committed")
+                // ferry tracks positions itself; the source cluster never sees a ferry consumer group.
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false")
+                // A checkpoint below the log start (retention) resumes at the earliest record still there.
+                .set("auto.offset.reset", "earliest")
+                // librdkafka prefetches per partition; its defaults (64 MiB each) do not fit thousands of tasks.
+                .set("queued.max.messages.kbytes", "8192")
+                .set("queued.min.messages", "20000")
+                .set("fetch.wait.max.ms", "100")
+                .set("statistics.interval.ms", "5000")
+                // Manual assignment needs a group id only for librdkafka's bookkeeping; nothing is committed.
+                .set("group.id", format!("ferry-{alias}-unused"));
+        }
+        Role::Producer => {
+            config
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                // Never give up on a record: while the target is down records wait (and so does the source side).
+                .set("message.timeout.ms", "0")
+                // Bounds the producer's buffer; when full, tasks wait (backpressure), they never drop.
+                .set("queue.buffering.max.kbytes", "65536")
+                .set("queue.buffering.max.messages", "200000")
+                .set("batch.size", "1000000");
+        }
+        Role::Admin => {}
+    }
+    for (key, value) in cluster.client_properties(alias)? {
+        config.set(key, value.expose());
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    Ok(config)
+}
+
+/// Client context that logs librdkafka's errors and logs under the cluster alias and counts them.
+#[derive(Clone)]
+pub struct ClusterContext {
+    alias: String,
+    errors: prometheus::IntCounter,
+}
+
+impl ClusterContext {
+    /// A context for clients of cluster `alias`.
+    pub fn new(alias: &str, metrics: &Metrics) -> Self {
+        Self { alias: alias.to_owned(), errors: metrics.client_errors.with_label_values(&[alias]) }
+    }
+
+    /// The cluster alias.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+}
+
+impl ClientContext for ClusterContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let cluster = self.alias.as_str();
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(cluster, facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(cluster, facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(cluster, facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Debug => debug!(cluster, facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.inc();
+        warn!(cluster = self.alias.as_str(), %error, "Kafka client error: {reason}");
+    }
+}
+
+/// Whether a delivery failure can succeed if the same record is sent again later (after a restart from the
+/// checkpoint), as opposed to a record the target will always refuse.
+pub fn is_retriable(error: &KafkaError) -> bool {
+    match error.rdkafka_error_code() {
+        Some(code) => !matches!(
+            code,
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
+                | RDKafkaErrorCode::InvalidTimestamp
+        ),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_records_are_permanent_and_timeouts_are_not() {
+        assert!(!is_retriable(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(!is_retriable(&KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)));
+        assert!(is_retriable(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(is_retriable(&KafkaError::MessageProduction(RDKafkaErrorCode::NotEnoughReplicas)));
+    }
+}

@@ -1,0 +1,210 @@
+//! The `ferry` command line: the binary's edge, where errors become messages and exit codes
+//! (0 ok, 1 runtime failure, 2 bad usage or config).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use ferry::config::Config;
+use ferry::telemetry::{self, LogFormat};
+
+/// Exit code for bad usage or an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure while running.
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Kafka cross-datacenter replication")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "FERRY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replicate the configured flows until SIGTERM or SIGINT.
+    Run {
+        /// Config file (YAML); FERRY_* environment variables override it.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without connecting to anything.
+    CheckConfig {
+        /// Config file (YAML).
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// Config file, as an alternative to the positional argument.
+        #[arg(long, short, conflicts_with = "file")]
+        config: Option<PathBuf>,
+    },
+    /// Show which topics each flow would replicate and what it would change on the targets.
+    Plan {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show a running member's readiness and per-flow lag.
+    Status {
+        /// The member's HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+    },
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure { code: EXIT_RUNTIME, error: error.into() }
+    }
+}
+
+fn config_failure(error: ferry::config::ConfigError) -> Failure {
+    Failure { code: EXIT_CONFIG, error: anyhow::Error::new(error) }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config } => run(Config::load(&config).map_err(config_failure)?),
+        Command::CheckConfig { file, config } => {
+            let path = file.or(config).expect("clap requires one of them");
+            let config = Config::load(&path).map_err(config_failure)?;
+            println!(
+                "{}: ok ({} clusters, {} flows, {} throttles)",
+                path.display(),
+                config.clusters.len(),
+                config.flows.len(),
+                config.throttles.len()
+            );
+            Ok(())
+        }
+        Command::Plan { config } => plan(Config::load(&config).map_err(config_failure)?),
+        Command::Status { url } => status(&url),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?)
+}
+
+fn run(config: Config) -> Result<(), Failure> {
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        info!(flows = config.flows.len(), version = env!("CARGO_PKG_VERSION"), "ferry starting");
+        let member = ferry::member::Member::new(config);
+        member.run(shutdown, |_| {}).await?;
+        info!("ferry stopped");
+        Ok(())
+    })
+}
+
+/// The first SIGTERM/SIGINT starts a clean shutdown; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        warn!("cannot install signal handlers; stop ferry with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM received"),
+        _ = interrupt.recv() => info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    warn!("second signal: exiting without waiting for the drain");
+    std::process::exit(i32::from(EXIT_RUNTIME));
+}
+
+fn plan(config: Config) -> Result<(), Failure> {
+    use ferry::admin::ClusterAdmin;
+    use ferry::discovery::FlowTopics;
+    runtime()?.block_on(async move {
+        let metrics = ferry::metrics::Metrics::new(false);
+        let mut admins: BTreeMap<String, ClusterAdmin> = BTreeMap::new();
+        for flow in &config.flows {
+            for alias in [&flow.source, &flow.target] {
+                if !admins.contains_key(alias) {
+                    admins.insert(alias.clone(), ClusterAdmin::new(alias, &config.clusters[alias], &metrics)?);
+                }
+            }
+            let flow_topics = FlowTopics::from_config(&config, flow).map_err(config_failure)?;
+            let source = &admins[&flow.source];
+            let target = &admins[&flow.target];
+            let pairs = flow_topics.matching(&source.topics().await?);
+            let names: Vec<&str> = pairs.iter().map(|pair| pair.source.as_str()).collect();
+            let source_configs = source.topic_configs(&names).await?;
+            let target_topics = target.topics().await?;
+            let existing: Vec<&str> =
+                pairs.iter().map(|p| p.target.as_str()).filter(|t| target_topics.contains_key(*t)).collect();
+            let target_configs = target.topic_configs(&existing).await?;
+            println!("flow {} ({} -> {}): {} topics", flow.name, flow.source, flow.target, pairs.len());
+            for pair in &pairs {
+                println!("  {} -> {} ({} partitions)", pair.source, pair.target, pair.partitions);
+            }
+            for action in ferry::topic_sync::plan(&pairs, &source_configs, &target_topics, &target_configs) {
+                println!("  would {action}");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn status(url: &str) -> Result<(), Failure> {
+    let endpoint = format!("{}/status", url.trim_end_matches('/'));
+    let response = ureq::get(&endpoint).call();
+    // A not-ready member still answers /status; only transport errors are failures here.
+    let body = match response {
+        Ok(response) => response.into_string(),
+        Err(ureq::Error::Status(_, response)) => response.into_string(),
+        Err(error) => return Err(anyhow::anyhow!("cannot reach ferry at {endpoint}: {error}").into()),
+    }
+    .with_context(|| format!("cannot read the answer of {endpoint}"))?;
+    let status: ferry::http::Status =
+        serde_json::from_str(&body).with_context(|| format!("{endpoint} did not answer ferry's status JSON"))?;
+    println!(
+        "ready: {}",
+        if status.ready { "yes".to_owned() } else { format!("no ({})", status.not_ready_reason.unwrap_or_default()) }
+    );
+    let mut flows: BTreeMap<(&str, &str), (usize, usize, i64, f64)> = BTreeMap::new();
+    for task in &status.tasks {
+        let entry = flows.entry((&task.flow, &task.topic)).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(task.paused);
+        entry.2 += task.lag_records.unwrap_or(0);
+        entry.3 = entry.3.max(task.lag_seconds);
+    }
+    println!("{:<24} {:<32} {:>6} {:>7} {:>12} {:>10}", "FLOW", "TOPIC", "TASKS", "PAUSED", "LAG_RECORDS", "LAG_SEC");
+    for ((flow, topic), (tasks, paused, lag_records, lag_seconds)) in flows {
+        println!("{flow:<24} {topic:<32} {tasks:>6} {paused:>7} {lag_records:>12} {lag_seconds:>10.1}");
+    }
+    Ok(())
+}

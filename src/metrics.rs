@@ -1,0 +1,220 @@
+//! Every metric ferry exports, declared in one place and registered once.
+//!
+//! Invariant: label values are bounded (flow, topic, cluster, region pair, optional partition); offsets and error
+//! texts never become labels. The `partition` label is empty unless `metrics.per_partition` is on, and an empty
+//! label is the same as no label to Prometheus.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// ferry's metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    per_partition: bool,
+    /// Records acknowledged by the target.
+    pub records_replicated: IntCounterVec,
+    /// Bytes (key + value + headers) acknowledged by the target.
+    pub bytes_replicated: IntCounterVec,
+    /// Records on the target twice because they were acknowledged after the last checkpoint before a restart.
+    pub duplicates: IntCounterVec,
+    /// Records consumed but deliberately not replicated, by reason.
+    pub records_skipped: IntCounterVec,
+    /// Source records not yet acknowledged by the target.
+    pub lag_records: IntGaugeVec,
+    /// Age of the oldest source record not yet acknowledged by the target.
+    pub lag_seconds: prometheus::GaugeVec,
+    /// Source timestamp to target acknowledgement.
+    pub end_to_end_latency: HistogramVec,
+    /// Time tasks spent waiting for the bandwidth throttle.
+    pub throttle_wait_seconds: prometheus::CounterVec,
+    /// Tasks on this member by state (running, paused).
+    pub tasks: IntGaugeVec,
+    /// Task failures (each pauses the task until it restarts from its checkpoint).
+    pub task_failures: IntCounterVec,
+    /// Seconds since the flow's last successful checkpoint write.
+    pub checkpoint_age_seconds: prometheus::GaugeVec,
+    /// Successful checkpoint writes (batches).
+    pub checkpoint_writes: IntCounterVec,
+    /// Failed checkpoint writes.
+    pub checkpoint_failures: IntCounterVec,
+    /// 1 when the last metadata request to a cluster succeeded.
+    pub cluster_up: IntGaugeVec,
+    /// Target topics created or changed to match their source.
+    pub topic_syncs: IntCounterVec,
+    /// Build information (always 1).
+    pub build_info: IntGaugeVec,
+    /// 1 when this member replicates its assigned tasks (`/readyz`).
+    pub ready: IntGauge,
+    /// Consumer/producer errors reported by librdkafka, by cluster.
+    pub client_errors: IntCounterVec,
+}
+
+/// Buckets for end-to-end latency: from a few milliseconds on a quiet link to minutes while draining a backlog.
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Label values of one task's series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskLabels {
+    /// Flow name.
+    pub flow: String,
+    /// Source topic.
+    pub topic: String,
+    /// Partition, or empty when per-partition labels are off.
+    pub partition: String,
+}
+
+impl TaskLabels {
+    /// The values in registration order.
+    pub fn values(&self) -> [&str; 3] {
+        [&self.flow, &self.topic, &self.partition]
+    }
+}
+
+/// Counters one task increments, resolved once so the hot path does no label lookups.
+#[derive(Debug, Clone)]
+pub struct TaskMetrics {
+    /// Records acknowledged.
+    pub records: IntCounter,
+    /// Bytes acknowledged.
+    pub bytes: IntCounter,
+    /// Duplicates found at start.
+    pub duplicates: IntCounter,
+    /// Records skipped as loops.
+    pub skipped_loop: IntCounter,
+    /// End-to-end latency of this task's flow.
+    pub latency: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new(per_partition: bool) -> Self {
+        let registry = Registry::new();
+        let task_labels = &["flow", "topic", "partition"];
+        macro_rules! register {
+            ($metric:expr) => {{
+                let metric = $metric.expect("metric definitions are static and valid");
+                registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+                metric
+            }};
+        }
+        let metrics = Self {
+            records_replicated: register!(IntCounterVec::new(
+                Opts::new("ferry_records_replicated_total", "Records acknowledged by the target cluster."),
+                task_labels
+            )),
+            bytes_replicated: register!(IntCounterVec::new(
+                Opts::new("ferry_bytes_replicated_total", "Bytes (key, value, headers) acknowledged by the target."),
+                task_labels
+            )),
+            duplicates: register!(IntCounterVec::new(
+                Opts::new(
+                    "ferry_duplicates_total",
+                    "Records written to the target again after a restart because they were acknowledged after the last checkpoint."
+                ),
+                task_labels
+            )),
+            records_skipped: register!(IntCounterVec::new(
+                Opts::new("ferry_records_skipped_total", "Source records deliberately not replicated, by reason."),
+                &["flow", "topic", "partition", "reason"]
+            )),
+            lag_records: register!(IntGaugeVec::new(
+                Opts::new("ferry_replication_lag_records", "Source records not yet acknowledged by the target."),
+                task_labels
+            )),
+            lag_seconds: register!(prometheus::GaugeVec::new(
+                Opts::new(
+                    "ferry_replication_lag_seconds",
+                    "Age of the oldest source record not yet acknowledged by the target (0 when caught up)."
+                ),
+                task_labels
+            )),
+            end_to_end_latency: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "ferry_end_to_end_latency_seconds",
+                    "Time from a record's source timestamp to its acknowledgement by the target."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["flow"]
+            )),
+            throttle_wait_seconds: register!(prometheus::CounterVec::new(
+                Opts::new("ferry_throttle_wait_seconds_total", "Time tasks waited for the bandwidth throttle."),
+                &["from", "to"]
+            )),
+            tasks: register!(IntGaugeVec::new(
+                Opts::new("ferry_tasks", "Tasks on this member by state."),
+                &["flow", "state"]
+            )),
+            task_failures: register!(IntCounterVec::new(
+                Opts::new("ferry_task_failures_total", "Task failures; each pauses the task until it restarts."),
+                &["flow", "topic"]
+            )),
+            checkpoint_age_seconds: register!(prometheus::GaugeVec::new(
+                Opts::new("ferry_checkpoint_age_seconds", "Seconds since the flow's last successful checkpoint write."),
+                &["flow"]
+            )),
+            checkpoint_writes: register!(IntCounterVec::new(
+                Opts::new("ferry_checkpoint_writes_total", "Successful checkpoint writes (one per batch)."),
+                &["flow"]
+            )),
+            checkpoint_failures: register!(IntCounterVec::new(
+                Opts::new("ferry_checkpoint_failures_total", "Failed checkpoint writes."),
+                &["flow"]
+            )),
+            cluster_up: register!(IntGaugeVec::new(
+                Opts::new("ferry_cluster_up", "1 when the last metadata request to the cluster succeeded."),
+                &["cluster"]
+            )),
+            topic_syncs: register!(IntCounterVec::new(
+                Opts::new("ferry_topic_syncs_total", "Target topic creations and changes made to match the source."),
+                &["flow", "action"]
+            )),
+            build_info: register!(IntGaugeVec::new(
+                Opts::new("ferry_build_info", "Build information; always 1."),
+                &["version"]
+            )),
+            ready: register!(IntGauge::new("ferry_ready", "1 when this member is connected and replicating its tasks.")),
+            client_errors: register!(IntCounterVec::new(
+                Opts::new("ferry_client_errors_total", "Errors reported by Kafka clients, by cluster."),
+                &["cluster"]
+            )),
+            registry,
+            per_partition,
+        };
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics
+    }
+
+    /// Label values for a task's series, honouring the per-partition opt-in.
+    pub fn task_labels(&self, flow: &str, topic: &str, partition: i32) -> TaskLabels {
+        TaskLabels {
+            flow: flow.to_owned(),
+            topic: topic.to_owned(),
+            partition: if self.per_partition { partition.to_string() } else { String::new() },
+        }
+    }
+
+    /// The counters a task increments.
+    pub fn task(&self, flow: &str, topic: &str, partition: i32) -> TaskMetrics {
+        let labels = self.task_labels(flow, topic, partition);
+        let values = labels.values();
+        TaskMetrics {
+            records: self.records_replicated.with_label_values(&values),
+            bytes: self.bytes_replicated.with_label_values(&values),
+            duplicates: self.duplicates.with_label_values(&values),
+            skipped_loop: self.records_skipped.with_label_values(&[values[0], values[1], values[2], "loop"]),
+            latency: self.end_to_end_latency.with_label_values(&[flow]),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding gathered metrics into memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}

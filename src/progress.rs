@@ -1,0 +1,290 @@
+//! A task's acknowledged position and sync points, shared between the task loop, the checkpointer and metrics.
+//!
+//! Invariant: a [`Position`] only moves forward on what the target acknowledged (or on records the task
+//! deliberately did not replicate), so a checkpoint taken from it is never ahead of the target.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// How many sync points a task keeps; older ones are dropped first.
+pub const MAX_SYNC_POINTS: usize = 256;
+
+/// One source topic-partition of one flow: the unit of assignment, checkpointing and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// Flow name.
+    pub flow: Arc<str>,
+    /// Source topic.
+    pub topic: Arc<str>,
+    /// Source partition (also the target partition).
+    pub partition: i32,
+}
+
+impl TaskId {
+    /// A task id from its parts.
+    pub fn new(flow: &str, topic: &str, partition: i32) -> Self {
+        Self { flow: flow.into(), topic: topic.into(), partition }
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.flow, self.topic, self.partition)
+    }
+}
+
+/// Where a run of contiguous records starts: source offset `source` landed on target offset `target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPoint {
+    /// Source offset of the first record of the run.
+    pub source: i64,
+    /// Target offset that record landed on.
+    pub target: i64,
+}
+
+/// A task's durable progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Next source offset to replicate: every record before it is on the target (or deliberately skipped).
+    pub next_source_offset: i64,
+    /// Target offset after the last acknowledged record; `None` until the first acknowledgement.
+    pub next_target_offset: Option<i64>,
+    /// Recent sync points, oldest first; a new one starts wherever `target - source` changes.
+    pub sync_points: Vec<SyncPoint>,
+}
+
+impl Position {
+    /// A position that starts replicating at `next_source_offset`, with no history.
+    pub fn starting_at(next_source_offset: i64) -> Self {
+        Self { next_source_offset, next_target_offset: None, sync_points: Vec::new() }
+    }
+
+    /// Source record `source` was acknowledged by the target at offset `target`.
+    pub fn acknowledged(&mut self, source: i64, target: i64) {
+        let continues_run = self.sync_points.last().is_some_and(|last| last.target - last.source == target - source);
+        if !continues_run {
+            if self.sync_points.len() == MAX_SYNC_POINTS {
+                self.sync_points.remove(0);
+            }
+            self.sync_points.push(SyncPoint { source, target });
+        }
+        self.next_source_offset = self.next_source_offset.max(source + 1);
+        self.next_target_offset = Some(self.next_target_offset.map_or(target + 1, |next| next.max(target + 1)));
+    }
+
+    /// Source record `source` was consumed but deliberately not replicated (it came from the target).
+    pub fn skipped(&mut self, source: i64) {
+        self.next_source_offset = self.next_source_offset.max(source + 1);
+    }
+}
+
+/// Why a task is not replicating right now, if it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Replicating (or waiting for records).
+    Running,
+    /// Failed and waiting to be restarted from its checkpoint; the reason names the failing record.
+    Paused(String),
+}
+
+#[derive(Debug)]
+struct Shared {
+    position: Position,
+    /// Bumped on every change so the checkpointer can tell whether a write is still current.
+    version: u64,
+    checkpointed_version: u64,
+    /// CreateTime (ms) of the oldest record sent but not acknowledged, to measure lag in seconds.
+    oldest_unacked_timestamp_ms: Option<i64>,
+    /// CreateTime (ms) of the last acknowledged record.
+    last_acked_timestamp_ms: Option<i64>,
+    state: TaskState,
+}
+
+/// The part of a task other components read: its position, lag inputs and state.
+#[derive(Debug)]
+pub struct TaskProgress {
+    shared: Mutex<Shared>,
+}
+
+/// What the lag gauges need from one task.
+#[derive(Debug, Clone)]
+pub struct LagInputs {
+    /// Next source offset to replicate.
+    pub next_source_offset: i64,
+    /// Oldest unacknowledged record's timestamp, else the last acknowledged record's.
+    pub reference_timestamp_ms: Option<i64>,
+    /// Whether the task is paused.
+    pub paused: bool,
+}
+
+impl TaskProgress {
+    /// Progress that starts from a stored position (or a fresh one).
+    pub fn new(position: Position) -> Self {
+        Self {
+            shared: Mutex::new(Shared {
+                position,
+                version: 0,
+                checkpointed_version: 0,
+                oldest_unacked_timestamp_ms: None,
+                last_acked_timestamp_ms: None,
+                state: TaskState::Running,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic while holding this lock cannot leave the position half-written (all updates are plain stores),
+        // so a poisoned lock is still safe to read.
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes the task loop's position after a batch of acknowledgements.
+    pub fn publish(&self, position: &Position, oldest_unacked_ms: Option<i64>, last_acked_ms: Option<i64>) {
+        let mut shared = self.lock();
+        if shared.position != *position {
+            shared.position.clone_from(position);
+            shared.version += 1;
+        }
+        shared.oldest_unacked_timestamp_ms = oldest_unacked_ms;
+        if last_acked_ms.is_some() {
+            shared.last_acked_timestamp_ms = last_acked_ms;
+        }
+    }
+
+    /// The current position.
+    pub fn position(&self) -> Position {
+        self.lock().position.clone()
+    }
+
+    /// The position and its version when it changed since the last successful checkpoint.
+    pub fn unsaved(&self) -> Option<(Position, u64)> {
+        let shared = self.lock();
+        (shared.version > shared.checkpointed_version).then(|| (shared.position.clone(), shared.version))
+    }
+
+    /// Marks `version` as durably stored.
+    pub fn saved(&self, version: u64) {
+        let mut shared = self.lock();
+        shared.checkpointed_version = shared.checkpointed_version.max(version);
+    }
+
+    /// Inputs for the lag gauges.
+    pub fn lag_inputs(&self) -> LagInputs {
+        let shared = self.lock();
+        LagInputs {
+            next_source_offset: shared.position.next_source_offset,
+            reference_timestamp_ms: shared.oldest_unacked_timestamp_ms.or(shared.last_acked_timestamp_ms),
+            paused: matches!(shared.state, TaskState::Paused(_)),
+        }
+    }
+
+    /// Sets the task's state.
+    pub fn set_state(&self, state: TaskState) {
+        self.lock().state = state;
+    }
+
+    /// The task's state.
+    pub fn state(&self) -> TaskState {
+        self.lock().state.clone()
+    }
+}
+
+/// Every task this member knows, running or paused, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    tasks: Mutex<HashMap<TaskId, Arc<TaskProgress>>>,
+}
+
+impl Registry {
+    /// Registers a task's progress, replacing an earlier entry.
+    pub fn insert(&self, id: TaskId, progress: Arc<TaskProgress>) {
+        self.lock().insert(id, progress);
+    }
+
+    /// Forgets a task (it was stopped and its last checkpoint written).
+    pub fn remove(&self, id: &TaskId) {
+        self.lock().remove(id);
+    }
+
+    /// A snapshot of every registered task.
+    pub fn snapshot(&self) -> Vec<(TaskId, Arc<TaskProgress>)> {
+        self.lock().iter().map(|(id, progress)| (id.clone(), progress.clone())).collect()
+    }
+
+    /// The progress of one task.
+    pub fn get(&self, id: &TaskId) -> Option<Arc<TaskProgress>> {
+        self.lock().get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<TaskProgress>>> {
+        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_sync_point_per_contiguous_run() {
+        let mut position = Position::starting_at(0);
+        for offset in 0..10 {
+            position.acknowledged(offset, offset);
+        }
+        // Source 10..14 compacted away: the next record the consumer sees is 15.
+        for offset in 15..25 {
+            position.acknowledged(offset, offset - 5);
+        }
+        assert_eq!(
+            position.sync_points,
+            vec![SyncPoint { source: 0, target: 0 }, SyncPoint { source: 15, target: 10 }]
+        );
+        assert_eq!(position.next_source_offset, 25);
+        assert_eq!(position.next_target_offset, Some(20));
+    }
+
+    #[test]
+    fn skipped_records_advance_the_source_but_not_the_run() {
+        let mut position = Position::starting_at(0);
+        position.acknowledged(0, 100);
+        position.skipped(1);
+        position.skipped(2);
+        assert_eq!(position.next_source_offset, 3);
+        assert_eq!(position.next_target_offset, Some(101));
+        position.acknowledged(3, 101);
+        assert_eq!(
+            position.sync_points,
+            vec![SyncPoint { source: 0, target: 100 }, SyncPoint { source: 3, target: 101 }],
+            "a skipped record changes target - source, so the next run needs its own sync point"
+        );
+    }
+
+    #[test]
+    fn sync_points_are_bounded() {
+        let mut position = Position::starting_at(0);
+        for run in 0..(MAX_SYNC_POINTS as i64 + 10) {
+            position.acknowledged(run * 2, run);
+        }
+        assert_eq!(position.sync_points.len(), MAX_SYNC_POINTS);
+        assert_eq!(
+            position.sync_points.last(),
+            Some(&SyncPoint { source: (MAX_SYNC_POINTS as i64 + 9) * 2, target: MAX_SYNC_POINTS as i64 + 9 })
+        );
+    }
+
+    #[test]
+    fn unsaved_reports_changes_until_saved() {
+        let progress = TaskProgress::new(Position::starting_at(5));
+        assert!(progress.unsaved().is_none(), "a freshly loaded position needs no write");
+        let mut position = progress.position();
+        position.acknowledged(5, 0);
+        progress.publish(&position, None, Some(1));
+        let (saved, version) = progress.unsaved().expect("changed");
+        assert_eq!(saved.next_source_offset, 6);
+        progress.saved(version);
+        assert!(progress.unsaved().is_none());
+    }
+}

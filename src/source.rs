@@ -1,0 +1,172 @@
+//! The source side of a flow: one shared consumer per flow that hands each task its own partition queue.
+//!
+//! Invariant: a partition is split off into its task's queue *before* it is assigned, so none of its records can
+//! land in the shared main queue; the main queue only carries events and is served by a background driver.
+//! One consumer per flow (not per source cluster) because librdkafka assigns a partition once per consumer, and
+//! two flows may replicate the same source topic to different targets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::config::ClusterConfig;
+use crate::kafka::{client_config, ClientError, ClusterContext, Role};
+use crate::metrics::Metrics;
+
+/// End offsets of the source partitions, as last reported by the consumer's statistics.
+type EndOffsets = RwLock<HashMap<(String, i32), i64>>;
+
+/// Consumer context of a flow's source consumer: cluster logging plus the end offsets from statistics.
+pub struct SourceContext {
+    cluster: ClusterContext,
+    end_offsets: Arc<EndOffsets>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.cluster.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.cluster.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut end_offsets = self.end_offsets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (topic, stats) in statistics.topics {
+            for (partition, stats) in stats.partitions {
+                // The last stable offset is the end a read_committed consumer can reach; librdkafka reports
+                // negative values for partitions it has not fetched yet.
+                let end = if stats.ls_offset >= 0 { stats.ls_offset } else { stats.hi_offset };
+                if partition >= 0 && end >= 0 {
+                    end_offsets.insert((topic.clone(), partition), end);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+/// A task's own queue of source records.
+pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
+
+/// The shared consumer of one flow.
+pub struct SourceConsumer {
+    alias: String,
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    end_offsets: Arc<EndOffsets>,
+    driver: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SourceConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConsumer").field("cluster", &self.alias).finish_non_exhaustive()
+    }
+}
+
+/// Errors of the source side.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The consumer could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The partition could not be assigned.
+    #[error("cannot assign {topic}[{partition}] on cluster {cluster}: {source}")]
+    Assign {
+        /// Cluster alias.
+        cluster: String,
+        /// Source topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// librdkafka's error (boxed: errors travel through every task's hot-path `Result`).
+        source: Box<KafkaError>,
+    },
+}
+
+impl SourceConsumer {
+    /// Builds the consumer for a flow reading cluster `alias`. Needs no connection: librdkafka connects lazily
+    /// and keeps retrying, which is what lets ferry start while a source cluster is down.
+    pub fn new(flow: &str, alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, SourceError> {
+        let mut config = client_config(alias, cluster, Role::Consumer)?;
+        config.set("client.id", format!("ferry-{flow}-{alias}"));
+        let end_offsets = Arc::new(EndOffsets::default());
+        let context = SourceContext { cluster: ClusterContext::new(alias, metrics), end_offsets: end_offsets.clone() };
+        let consumer: StreamConsumer<SourceContext> = config
+            .create_with_context(context)
+            .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
+        let consumer = Arc::new(consumer);
+        let driver = tokio::spawn(serve_main_queue(consumer.clone(), alias.to_owned()));
+        Ok(Self { alias: alias.to_owned(), consumer, end_offsets, driver })
+    }
+
+    /// The source cluster alias.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// Splits off the partition's queue and assigns the partition from `next_offset`.
+    pub fn attach(&self, topic: &str, partition: i32, next_offset: i64) -> Result<PartitionQueue, SourceError> {
+        let assign_error = |source| SourceError::Assign {
+            cluster: self.alias.clone(),
+            topic: topic.to_owned(),
+            partition,
+            source: Box::new(source),
+        };
+        let queue = self.consumer.split_partition_queue(topic, partition).ok_or_else(|| {
+            assign_error(KafkaError::Subscription(format!("no partition queue for {topic}[{partition}]")))
+        })?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(next_offset)).map_err(assign_error)?;
+        self.consumer.incremental_assign(&assignment).map_err(assign_error)?;
+        Ok(queue)
+    }
+
+    /// Unassigns the partition; its queue may be dropped afterwards.
+    pub fn detach(&self, topic: &str, partition: i32) {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition(topic, partition);
+        if let Err(error) = self.consumer.incremental_unassign(&assignment) {
+            warn!(cluster = self.alias.as_str(), topic, partition, %error, "cannot unassign source partition");
+        }
+    }
+
+    /// The end offset (last stable offset) of a source partition as last reported, if known yet.
+    pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        let end_offsets = self.end_offsets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        end_offsets.get(&(topic.to_owned(), partition)).copied()
+    }
+}
+
+impl Drop for SourceConsumer {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Serves the consumer's main queue: statistics, errors and rebalance events arrive there, and librdkafka only
+/// delivers them while someone polls it.
+async fn serve_main_queue(consumer: Arc<StreamConsumer<SourceContext>>, alias: String) {
+    loop {
+        match consumer.recv().await {
+            // Only possible for a record fetched just before its partition was unassigned: it will be fetched
+            // again from the checkpoint when the partition is next assigned, so it is not lost.
+            Ok(message) => debug!(
+                cluster = alias.as_str(),
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "record of an unassigned partition ignored"
+            ),
+            Err(error) => warn!(cluster = alias.as_str(), %error, "source consumer error"),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The supervisor: the one owner of every task on this member. It starts wanted tasks, stops unwanted ones and
+//! restarts failed ones from their checkpoint after a backoff.
+//!
+//! Invariant: at most one task runs per partition. A task is started again only after its previous run has been
+//! joined, so two loops never produce the same partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::checkpoint::{Checkpoint, TaskKey};
+use crate::discovery::{Discovered, TaskSpec};
+use crate::metrics::Metrics;
+use crate::progress::{Position, Registry, TaskId, TaskProgress, TaskState};
+use crate::source::SourceConsumer;
+use crate::target::TargetProducer;
+use crate::task::{self, Provenance, TaskContext, TaskError};
+use crate::throttle::Throttle;
+
+/// First restart delay after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest restart delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The shared parts every task of one flow uses.
+#[derive(Debug)]
+pub struct FlowRuntime {
+    /// The flow's consumer.
+    pub source: Arc<SourceConsumer>,
+    /// The target cluster's producer.
+    pub target: TargetProducer,
+    /// The region pair's throttle.
+    pub throttle: Option<Arc<Throttle>>,
+    /// Identity naming's loop guard.
+    pub provenance: Option<Provenance>,
+    /// Checkpoints loaded at start.
+    pub stored: BTreeMap<TaskKey, Checkpoint>,
+}
+
+/// Starts, stops and restarts tasks to match what discovery wants.
+pub struct Supervisor {
+    flows: BTreeMap<String, FlowRuntime>,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    drain_timeout: Duration,
+    running: HashMap<TaskId, CancellationToken>,
+    joins: JoinSet<Result<(), TaskError>>,
+    /// Which task each join handle runs, so a panic can still be attributed.
+    join_ids: HashMap<tokio::task::Id, TaskId>,
+    /// When each failed task may start again.
+    retries: HashMap<TaskId, Instant>,
+    /// Consecutive failures per task, for the backoff.
+    failures: HashMap<TaskId, u32>,
+}
+
+impl Supervisor {
+    /// A supervisor over `flows`, registering task progress in `registry`.
+    pub fn new(
+        flows: BTreeMap<String, FlowRuntime>,
+        registry: Arc<Registry>,
+        metrics: Metrics,
+        drain_timeout: Duration,
+    ) -> Self {
+        Self {
+            flows,
+            registry,
+            metrics,
+            drain_timeout,
+            running: HashMap::new(),
+            joins: JoinSet::new(),
+            join_ids: HashMap::new(),
+            retries: HashMap::new(),
+            failures: HashMap::new(),
+        }
+    }
+
+    /// Follows `wanted` until `shutdown`, then stops every task and waits for each to flush (bounded by the
+    /// drain timeout).
+    pub async fn run(mut self, mut wanted: watch::Receiver<Discovered>, shutdown: CancellationToken) {
+        loop {
+            let next_retry = self.retries.values().min().copied();
+            tokio::select! {
+                // Shutdown first so a busy stream of joins or changes cannot delay it.
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(joined) = self.joins.join_next_with_id(), if !self.joins.is_empty() => {
+                    self.joined(joined);
+                    self.reconcile(&wanted.borrow().tasks);
+                }
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let tasks = wanted.borrow_and_update().tasks.clone();
+                    self.reconcile(&tasks);
+                }
+                _ = tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
+                    self.reconcile(&wanted.borrow().tasks);
+                }
+            }
+        }
+        self.stop_all().await;
+    }
+
+    fn reconcile(&mut self, wanted: &BTreeMap<TaskId, TaskSpec>) {
+        for (id, stop) in &self.running {
+            if !wanted.contains_key(id) {
+                stop.cancel();
+            }
+        }
+        self.retries.retain(|id, _| wanted.contains_key(id));
+        self.failures.retain(|id, _| wanted.contains_key(id));
+        let now = Instant::now();
+        for (id, spec) in wanted {
+            let waiting = self.retries.get(id).is_some_and(|at| *at > now);
+            if !self.running.contains_key(id) && !waiting {
+                self.retries.remove(id);
+                self.start(spec);
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn start(&mut self, spec: &TaskSpec) {
+        let Some(flow) = self.flows.get(&*spec.id.flow) else {
+            error!(task = %spec.id, "no runtime for the task's flow");
+            return;
+        };
+        let progress = self.registry.get(&spec.id).unwrap_or_else(|| {
+            let key = TaskKey { topic: spec.id.topic.to_string(), partition: spec.id.partition };
+            let position = flow.stored.get(&key).map_or_else(|| Position::starting_at(0), |c| c.position.clone());
+            Arc::new(TaskProgress::new(position))
+        });
+        progress.set_state(TaskState::Running);
+        self.registry.insert(spec.id.clone(), progress.clone());
+        let ctx = TaskContext {
+            spec: spec.clone(),
+            source: flow.source.clone(),
+            target: flow.target.clone(),
+            throttle: flow.throttle.clone(),
+            metrics: self.metrics.task(&spec.id.flow, &spec.id.topic, spec.id.partition),
+            progress,
+            provenance: flow.provenance.clone(),
+            drain_timeout: self.drain_timeout,
+        };
+        let stop = CancellationToken::new();
+        self.running.insert(spec.id.clone(), stop.clone());
+        let id = &spec.id;
+        let span = info_span!("task", flow = %id.flow, topic = %id.topic, partition = id.partition);
+        let handle = self.joins.spawn(task::run(ctx, stop).instrument(span));
+        self.join_ids.insert(handle.id(), id.clone());
+    }
+
+    fn joined(&mut self, joined: Result<(tokio::task::Id, Result<(), TaskError>), tokio::task::JoinError>) {
+        let (join_id, failure) = match joined {
+            Ok((join_id, Ok(()))) => (join_id, None),
+            Ok((join_id, Err(error))) => (join_id, Some((error.to_string(), error.is_retriable()))),
+            Err(join_error) => (join_error.id(), Some((format!("task panicked: {join_error}"), true))),
+        };
+        let Some(id) = self.join_ids.remove(&join_id) else { return };
+        self.running.remove(&id);
+        let Some((reason, retriable)) = failure else {
+            self.failures.remove(&id);
+            return;
+        };
+        let failures = self.failures.get(&id).copied().unwrap_or(0) + 1;
+        self.failures.insert(id.clone(), failures);
+        let backoff = FIRST_BACKOFF.saturating_mul(1 << failures.min(7).saturating_sub(1)).min(MAX_BACKOFF);
+        self.metrics.task_failures.with_label_values(&[&id.flow, &id.topic]).inc();
+        if let Some(progress) = self.registry.get(&id) {
+            progress.set_state(TaskState::Paused(reason.clone()));
+        }
+        if retriable {
+            warn!(task = %id, error = reason, retry_in = ?backoff, "task failed; restarting from its checkpoint");
+        } else {
+            error!(
+                task = %id,
+                error = reason,
+                retry_in = ?backoff,
+                "task paused: the target refuses this record; nothing after it is checkpointed until it is accepted"
+            );
+        }
+        self.retries.insert(id, Instant::now() + backoff);
+    }
+
+    fn update_gauges(&self) {
+        let mut counts: BTreeMap<&str, (i64, i64)> = self.flows.keys().map(|flow| (flow.as_str(), (0, 0))).collect();
+        for id in self.running.keys() {
+            if let Some(count) = counts.get_mut(&*id.flow) {
+                count.0 += 1;
+            }
+        }
+        for id in self.retries.keys() {
+            if let Some(count) = counts.get_mut(&*id.flow) {
+                count.1 += 1;
+            }
+        }
+        for (flow, (running, paused)) in counts {
+            self.metrics.tasks.with_label_values(&[flow, "running"]).set(running);
+            self.metrics.tasks.with_label_values(&[flow, "paused"]).set(paused);
+        }
+    }
+
+    async fn stop_all(mut self) {
+        info!(tasks = self.running.len(), "stopping tasks");
+        for stop in self.running.values() {
+            stop.cancel();
+        }
+        // Each task bounds its own drain; the margin covers the join itself.
+        let deadline = Instant::now() + self.drain_timeout + Duration::from_secs(2);
+        while !self.joins.is_empty() {
+            match tokio::time::timeout_at(deadline, self.joins.join_next_with_id()).await {
+                Ok(Some(joined)) => self.joined(joined),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(tasks = self.joins.len(), "tasks did not stop in time; aborting them");
+                    self.joins.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Shared harness of the end-to-end tests: the dev env's real clusters, Kafka clients to feed and read them,
+//! and ferry processes started from the built binary.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// The dev env's addresses, from `eval "$(scripts/dev-env up)"`.
+pub struct TestEnv {
+    pub source: String,
+    pub target: String,
+    pub kafka_lib: String,
+}
+
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the end-to-end tests need the real test environment. Start it with \
+             `eval \"$(scripts/dev-env up)\"` (or run the whole suite with `scripts/test`)."
+        )
+    })
+}
+
+pub fn env() -> TestEnv {
+    TestEnv {
+        source: required("FERRY_TEST_SOURCE_BOOTSTRAP"),
+        target: required("FERRY_TEST_TARGET_BOOTSTRAP"),
+        kafka_lib: required("FERRY_TEST_KAFKA_LIB"),
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{:x}-{}", nanos % 0xffff_ffff, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client")
+}
+
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new_topic = new_topic.set(key, value);
+    }
+    let results = admin(bootstrap).create_topics([&new_topic], &AdminOptions::new()).await.expect("create topics");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create {topic}: {code}"));
+    }
+}
+
+pub async fn add_partitions(bootstrap: &str, topic: &str, partitions: usize) {
+    let results = admin(bootstrap)
+        .create_partitions([&NewPartitions::new(topic, partitions)], &AdminOptions::new())
+        .await
+        .expect("create partitions");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot grow {topic}: {code}"));
+    }
+}
+
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// A record as the tests compare it, field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: rdkafka::Timestamp,
+}
+
+impl Record {
+    /// A record with a value naming it; every third has no key, every fifth no value, all have headers.
+    pub fn numbered(topic: &str, partition: i32, seq: u64) -> Self {
+        let id = format!("{topic}/{partition}/{seq}");
+        Record {
+            key: (seq % 3 != 0).then(|| format!("key-{}", seq % 17).into_bytes()),
+            value: (seq % 5 != 0).then(|| format!("value {id} {}", "x".repeat((seq % 40) as usize)).into_bytes()),
+            headers: vec![
+                ("id".to_owned(), Some(id.into_bytes())),
+                ("bin".to_owned(), Some(vec![0, 159, 146, 150, (seq % 256) as u8])),
+                ("dup".to_owned(), Some(b"first".to_vec())),
+                ("dup".to_owned(), Some(b"second".to_vec())),
+                ("null".to_owned(), None),
+            ],
+            timestamp: rdkafka::Timestamp::CreateTime(1_600_000_000_000 + seq as i64 * 7),
+        }
+    }
+
+    /// The value of header `id`, which names the record.
+    pub fn id(&self) -> String {
+        let value = self.headers.iter().find(|(key, _)| key == "id").and_then(|(_, value)| value.clone());
+        String::from_utf8(value.unwrap_or_default()).unwrap()
+    }
+}
+
+/// Produces `records` to one partition, in order, and waits for every acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, partition: i32, records: &[Record]) {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in records {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header { key, value: value.as_deref() });
+        }
+        let mut future = FutureRecord::to(topic).partition(partition).headers(headers);
+        if let Some(key) = &record.key {
+            future = future.key(key);
+        }
+        if let Some(value) = &record.value {
+            future = future.payload(value);
+        }
+        if let Some(millis) = record.timestamp.to_millis() {
+            future = future.timestamp(millis);
+        }
+        loop {
+            match producer.send_result(future) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    future = returned;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivery").expect("record acknowledged");
+    }
+}
+
+/// Reads a partition from its start to its current end.
+pub fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, Record)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(low)).unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut position = low;
+    while position < high {
+        assert!(Instant::now() < deadline, "reading {topic}[{partition}] stalled at {position} of {high}");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                position = message.offset() + 1;
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect()
+                    })
+                    .unwrap_or_default();
+                records.push((
+                    message.offset(),
+                    Record {
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        headers,
+                        timestamp: message.timestamp(),
+                    },
+                ));
+            }
+            Some(Err(error)) => panic!("reading {topic}[{partition}]: {error}"),
+            None => {
+                // Transaction markers and compacted gaps can leave the end unreachable by records alone.
+                let current = consumer.position().unwrap();
+                if let Some(Offset::Offset(next)) =
+                    current.find_partition(topic, partition).map(|element| element.offset())
+                {
+                    position = position.max(next);
+                }
+            }
+        }
+    }
+    drop(assignment);
+    records
+}
+
+/// The high watermark of a partition.
+pub fn end_offset(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).map(|(_, high)| high).unwrap_or(-1)
+}
+
+/// Partition count of a topic, or 0 when it does not exist.
+pub fn partition_count(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len())
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A ferry process started from the built binary, with its stderr captured.
+pub struct Ferry {
+    child: Child,
+    pub http: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Ferry {
+    /// Starts `ferry run` with `config` (YAML) written into `dir`.
+    pub fn start(dir: &Path, config: &str) -> Ferry {
+        let port = free_port();
+        let config_path = dir.join("ferry.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::start_with(config_path, port, &[])
+    }
+
+    /// Starts `ferry run` on an existing config file, with extra environment variables.
+    pub fn start_with(config_path: PathBuf, port: u16, env: &[(&str, &str)]) -> Ferry {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("FERRY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start ferry");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("FERRY_TEST_ECHO").is_some() {
+                    eprintln!("ferry: {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Ferry { child, http: format!("http://127.0.0.1:{port}"), logs }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// GET a path of the HTTP endpoint: (status, body), or None when it does not answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        match ureq::get(&format!("{}{path}", self.http)).timeout(Duration::from_secs(5)).call() {
+            Ok(response) => Some((response.status(), response.into_string().unwrap_or_default())),
+            Err(ureq::Error::Status(code, response)) => Some((code, response.into_string().unwrap_or_default())),
+            Err(_) => None,
+        }
+    }
+
+    /// Sum of a metric's samples whose labels include every pair in `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        Some(sum_metric(&body, name, labels))
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, started.elapsed(), self.logs());
+            }
+            if started.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("ferry did not exit within {timeout:?} of SIGTERM; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums the samples of `name` in a Prometheus text body whose labels include every pair in `labels`.
+pub fn sum_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all_match = labels.iter().all(|(key, wanted)| label_text.contains(&format!("{key}=\"{wanted}\"")));
+            all_match.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A minimal config replicating `include` from the dev env's source to its target.
+pub fn config(env: &TestEnv, state_dir: &Path, flow: &str, include: &str, extra_flow: &str) -> String {
+    format!(
+        r#"clusters:
+  src:
+    bootstrap_servers: "{source}"
+  dst:
+    bootstrap_servers: "{target}"
+checkpoint:
+  store: file
+  path: "{state}"
+  interval: 1s
+discovery:
+  interval: 2s
+flows:
+  - name: {flow}
+    source: src
+    target: dst
+    topics: {{ include: ['{include}'] }}
+{extra_flow}"#,
+        source = env.source,
+        target = env.target,
+        state = state_dir.display(),
+    )
+}
+
+/// The stored checkpoints of a flow in the file store: (topic, partition) -> next source offset.
+pub fn stored_positions(state_dir: &Path, flow: &str) -> BTreeMap<(String, i32), i64> {
+    let Ok(bytes) = std::fs::read(state_dir.join(format!("{flow}.json"))) else { return BTreeMap::new() };
+    let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    file["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| {
+            (
+                (task["topic"].as_str().unwrap().to_owned(), task["partition"].as_i64().unwrap() as i32),
+                task["next_source_offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests against the dev env's real Kafka clusters (see `scripts/dev-env`).
+
+mod common;
+mod fidelity;
+mod restart;
+mod runtime_topics;
+mod shutdown;
+mod unreachable;

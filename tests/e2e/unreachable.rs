@@ -1,0 +1,73 @@
+//! A source cluster that is down at start: ferry keeps retrying, is not ready, names the cluster, and starts
+//! replicating once the cluster comes up, without a restart.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+struct KafkaNode {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for KafkaNode {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/kafka-node")).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_starts_when_an_unreachable_source_comes_up() {
+    let env = env();
+    let (broker_port, controller_port) = (free_port(), free_port());
+    let late_source = format!("127.0.0.1:{broker_port}");
+    let flow = unique("late");
+    let topic = unique("late");
+    let state = tempfile::tempdir().unwrap();
+    let config_text = format!(
+        r#"clusters:
+  late-east:
+    bootstrap_servers: "{late_source}"
+  dst:
+    bootstrap_servers: "{target}"
+checkpoint: {{ store: file, path: "{state}", interval: 1s }}
+discovery: {{ interval: 2s }}
+flows:
+  - name: {flow}
+    source: late-east
+    target: dst
+    topics: {{ include: ["{topic}"] }}
+"#,
+        target = env.target,
+        state = state.path().display(),
+    );
+    let ferry = Ferry::start(state.path(), &config_text);
+    wait_for("ferry's HTTP endpoint", Duration::from_secs(30), || ferry.get("/healthz")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, body) = ferry.get("/readyz").unwrap();
+    assert_eq!(code, 503, "not ready while the source is down: {body}");
+    assert!(ferry.logs().contains("late-east"), "logs name the unreachable cluster:\n{}", ferry.logs());
+    assert_eq!(ferry.metric("ferry_cluster_up", &[("cluster", "late-east")]), Some(0.0));
+
+    let node = KafkaNode { dir: tempfile::tempdir().unwrap() };
+    let started = Command::new(repo_root().join("scripts/kafka-node"))
+        .arg("start")
+        .arg(node.dir.path())
+        .args([broker_port.to_string(), controller_port.to_string()])
+        .env("FERRY_KAFKA_LIB", &env.kafka_lib)
+        .status()
+        .unwrap();
+    assert!(started.success(), "the late source cluster did not start");
+    create_topic(&late_source, &topic, 1, &[]).await;
+    let records: Vec<Record> = (0..100).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    produce(&producer(&late_source), &topic, 0, &records).await;
+
+    let target_topic = format!("late-east.{topic}");
+    wait_for("records from the late source on the target", Duration::from_secs(90), || {
+        (end_offset(&env.target, &target_topic, 0) == 100).then_some(())
+    })
+    .await;
+    let replicated: Vec<Record> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replicated, records);
+    wait_for("ferry ready", Duration::from_secs(30), || (ferry.get("/readyz")?.0 == 200).then_some(())).await;
+}
