@@ -78,7 +78,10 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
                 // Bounds the producer's buffer; when full, tasks wait (backpressure), they never drop.
                 .set("queue.buffering.max.kbytes", "65536")
                 .set("queue.buffering.max.messages", "200000")
-                .set("batch.size", "1000000");
+                .set("batch.size", "1000000")
+                // librdkafka's 1 MB default would refuse records the source topic allows (max.message.bytes is
+                // copied to the target topic); let the target broker decide.
+                .set("message.max.bytes", "67108864");
         }
         Role::Admin => {}
     }

@@ -89,7 +89,11 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Run { config } => run(Config::load(&config).map_err(config_failure)?),
+        Command::Run { config } => {
+            let config = Config::load(&config).map_err(config_failure)?;
+            ferry::member::unsupported(&config).map_err(config_failure)?;
+            run(config)
+        }
         Command::CheckConfig { file, config } => {
             let path = file.or(config).expect("clap requires one of them");
             let config = Config::load(&path).map_err(config_failure)?;

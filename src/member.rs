@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{AdminError, ClusterAdmin};
 use crate::checkpoint::{CheckpointStore, Checkpointer, FileStore, StoreError};
-use crate::config::{Config, Naming, StoreKind, ThrottleConfig};
+use crate::config::{Config, ConfigError, ConfigProblem, Delivery, Naming, StoreKind, ThrottleConfig};
 use crate::discovery::{Discovered, Discovery, FlowTopics};
 use crate::http::{self, HttpError, HttpState, Status};
 use crate::kafka::ClientError;
@@ -53,9 +53,6 @@ pub enum MemberError {
     /// An admin client could not be built.
     #[error(transparent)]
     Admin(#[from] AdminError),
-    /// The configuration asks for something this build does not do yet.
-    #[error("{0}")]
-    Unsupported(String),
     /// The configuration is inconsistent in a way validation should have caught.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -90,14 +87,8 @@ impl Member {
         on_listening: impl FnOnce(SocketAddr),
     ) -> Result<(), MemberError> {
         let Member { config, metrics } = self;
-        let store: Arc<dyn CheckpointStore> = match config.checkpoint.store {
-            StoreKind::File => Arc::new(FileStore::open(&config.checkpoint.path)?),
-            StoreKind::Etcd => {
-                return Err(MemberError::Unsupported(
-                    "checkpoint.store: etcd is not available in this build yet; use `store: file`".to_owned(),
-                ))
-            }
-        };
+        unsupported(&config)?;
+        let store: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(&config.checkpoint.path)?);
 
         let status = Arc::new(RwLock::new(Status::default()));
         let http_shutdown = CancellationToken::new();
@@ -197,6 +188,41 @@ impl Member {
             Some(failure) => Err(failure),
             None => Ok(()),
         }
+    }
+}
+
+/// Refuses, with their key paths, the settings of the config contract that this version does not implement yet,
+/// rather than silently running without them.
+pub fn unsupported(config: &Config) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    if config.checkpoint.store == StoreKind::Etcd {
+        problems
+            .push(ConfigProblem::new("checkpoint.store", "etcd is not implemented in this version yet; use `file`"));
+    }
+    for (index, flow) in config.flows.iter().enumerate() {
+        if flow.delivery == Delivery::ExactlyOnce {
+            problems.push(ConfigProblem::new(
+                format!("flows[{index}].delivery"),
+                "exactly-once is not implemented in this version yet; use `at-least-once`",
+            ));
+        }
+        if flow.sync_group_offsets.enabled {
+            problems.push(ConfigProblem::new(
+                format!("flows[{index}].sync_group_offsets.enabled"),
+                "group offset sync is not implemented in this version yet",
+            ));
+        }
+        if flow.emit_mm2_checkpoints {
+            problems.push(ConfigProblem::new(
+                format!("flows[{index}].emit_mm2_checkpoints"),
+                "MM2-compatible checkpoints are not implemented in this version yet",
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(problems))
     }
 }
 

@@ -101,6 +101,9 @@ struct Shared {
     /// CreateTime (ms) of the last acknowledged record.
     last_acked_timestamp_ms: Option<i64>,
     state: TaskState,
+    /// Target end offset up to which records after the checkpoint were already counted as duplicates, so a
+    /// task restarted twice from the same checkpoint does not count them twice.
+    duplicates_counted_until: Option<i64>,
 }
 
 /// The part of a task other components read: its position, lag inputs and state.
@@ -131,6 +134,7 @@ impl TaskProgress {
                 oldest_unacked_timestamp_ms: None,
                 last_acked_timestamp_ms: None,
                 state: TaskState::Running,
+                duplicates_counted_until: None,
             }),
         }
     }
@@ -189,6 +193,14 @@ impl TaskProgress {
     /// The task's state.
     pub fn state(&self) -> TaskState {
         self.lock().state.clone()
+    }
+
+    /// How many of the target's records in `[from, end)` were not yet counted as duplicates; marks them counted.
+    pub fn uncounted_duplicates(&self, from: i64, end: i64) -> i64 {
+        let mut shared = self.lock();
+        let start = shared.duplicates_counted_until.map_or(from, |counted| counted.max(from));
+        shared.duplicates_counted_until = Some(end.max(start));
+        (end - start).max(0)
     }
 }
 
@@ -273,6 +285,15 @@ mod tests {
             position.sync_points.last(),
             Some(&SyncPoint { source: (MAX_SYNC_POINTS as i64 + 9) * 2, target: MAX_SYNC_POINTS as i64 + 9 })
         );
+    }
+
+    #[test]
+    fn duplicates_are_counted_once_per_target_record() {
+        let progress = TaskProgress::new(Position::starting_at(0));
+        assert_eq!(progress.uncounted_duplicates(10, 20), 10);
+        assert_eq!(progress.uncounted_duplicates(10, 20), 0, "a second restart from the same checkpoint");
+        assert_eq!(progress.uncounted_duplicates(10, 25), 5);
+        assert_eq!(progress.uncounted_duplicates(30, 35), 5, "a newer checkpoint");
     }
 
     #[test]

@@ -148,6 +148,7 @@ impl Supervisor {
             progress,
             provenance: flow.provenance.clone(),
             drain_timeout: self.drain_timeout,
+            cautious_start: self.failures.contains_key(&spec.id),
         };
         let stop = CancellationToken::new();
         self.running.insert(spec.id.clone(), stop.clone());

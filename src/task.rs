@@ -69,6 +69,9 @@ pub struct TaskContext {
     pub provenance: Option<Provenance>,
     /// How long to wait for in-flight records when stopping.
     pub drain_timeout: Duration,
+    /// Send one record and wait for its acknowledgement before pipelining: after the target refused a record,
+    /// this keeps every retry from writing the records behind it again.
+    pub cautious_start: bool,
 }
 
 /// Why a task stopped on its own.
@@ -148,9 +151,19 @@ struct Replication<'a> {
     position: Position,
     in_flight: VecDeque<InFlight>,
     last_acked_timestamp_ms: Option<i64>,
+    /// Set until the first acknowledgement of a cautious start.
+    cautious: bool,
 }
 
 impl Replication<'_> {
+    fn max_in_flight(&self) -> usize {
+        if self.cautious {
+            1
+        } else {
+            MAX_IN_FLIGHT
+        }
+    }
+
     fn account(&mut self, record: InFlight, outcome: Outcome) -> Result<(), TaskError> {
         match outcome {
             Outcome::Skipped => {
@@ -158,6 +171,7 @@ impl Replication<'_> {
                 self.ctx.metrics.skipped_loop.inc();
             }
             Outcome::Delivered(Ok(delivery)) => {
+                self.cautious = false;
                 self.position.acknowledged(record.offset, delivery.offset);
                 self.ctx.metrics.records.inc();
                 self.ctx.metrics.bytes.inc_by(record.bytes as u64);
@@ -317,7 +331,7 @@ impl Replication<'_> {
                     self.account_ready(done, outcome)?;
                 }
                 _ = stop.cancelled() => return Ok(()),
-                received = queue.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => match received {
+                received = queue.recv(), if self.in_flight.len() < self.max_in_flight() => match received {
                     Ok(message) => {
                         if !self.send(&message, stop).await? {
                             return Ok(());
@@ -357,7 +371,10 @@ async fn count_duplicates(ctx: &TaskContext, position: &Position) {
     let Some(next_target) = position.next_target_offset else { return };
     match ctx.target.end_offset(&ctx.spec.target_topic, ctx.spec.id.partition).await {
         Ok(end) if end > next_target => {
-            let duplicates = end - next_target;
+            let duplicates = ctx.progress.uncounted_duplicates(next_target, end);
+            if duplicates == 0 {
+                return;
+            }
             ctx.metrics.duplicates.inc_by(duplicates as u64);
             info!(
                 task = %ctx.spec.id,
@@ -379,12 +396,19 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         .source
         .attach(&topic, partition, position.next_source_offset)
         .map_err(|e| TaskError::Attach(Box::new(e)))?;
-    let mut replication =
-        Replication { ctx: &ctx, position, in_flight: VecDeque::new(), last_acked_timestamp_ms: None };
+    let mut replication = Replication {
+        ctx: &ctx,
+        position,
+        in_flight: VecDeque::new(),
+        last_acked_timestamp_ms: None,
+        cautious: ctx.cautious_start,
+    };
     let result = match replication.replicate(&queue, &stop).await {
         Ok(()) => replication.drain().await,
         Err(error) => {
-            replication.publish();
+            // Records sent before the refused one may still be acknowledged: account for them so the position
+            // reaches the refused record (a local refusal happens while earlier records are in flight).
+            let _ = replication.drain().await;
             Err(error)
         }
     };

@@ -75,3 +75,13 @@ fn a_missing_file_is_a_config_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/ferry.yaml"));
 }
+
+#[test]
+fn run_refuses_contract_settings_this_version_does_not_implement() {
+    let config = VALID.replace("    target: eu-west\n", "    target: eu-west\n    delivery: exactly-once\n");
+    let (output, stderr) = ferry(&["run", "--config"], &config);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("flows[0].delivery"), "{stderr}");
+    let (output, stderr) = ferry(&["check-config"], &config);
+    assert_eq!(output.status.code(), Some(0), "check-config validates the contract: {stderr}");
+}

@@ -164,6 +164,8 @@ pub fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64,
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        // Never jump to the end: a reset must re-read, or the comparison would see no records at all.
+        .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
@@ -171,7 +173,7 @@ pub fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64,
     assignment.add_partition_offset(topic, partition, Offset::Offset(low)).unwrap();
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut position = low;
     while position < high {
         assert!(Instant::now() < deadline, "reading {topic}[{partition}] stalled at {position} of {high}");
@@ -207,6 +209,10 @@ pub fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64,
         }
     }
     drop(assignment);
+    assert!(
+        !records.is_empty() || high == low,
+        "read no record of {topic}[{partition}] although its offsets run from {low} to {high}"
+    );
     records
 }
 
@@ -262,7 +268,7 @@ impl Ferry {
             .args(["run", "--config"])
             .arg(&config_path)
             .env("FERRY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("RUST_LOG", std::env::var("FERRY_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in env {

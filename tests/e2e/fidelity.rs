@@ -33,14 +33,20 @@ async fn records_arrive_field_by_field_in_order() {
     let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &format!("{base}\\..*"), ""));
     let target_topics: Vec<String> = topics.iter().map(|topic| format!("src.{topic}")).collect();
     wait_for("all records on the target", Duration::from_secs(180), || {
-        let replicated: i64 = target_topics
+        let ends: Vec<i64> = target_topics
             .iter()
             .flat_map(|topic| (0..PARTITIONS).map(move |partition| (topic.clone(), partition)))
-            .map(|(topic, partition)| end_offset(&env.target, &topic, partition).max(0))
-            .sum();
-        (replicated as u64 >= total).then_some(())
+            .map(|(topic, partition)| end_offset(&env.target, &topic, partition))
+            .collect();
+        assert!(
+            ends.iter().all(|end| *end <= PER_PARTITION as i64),
+            "more records than produced: {ends:?}\n{}",
+            ferry.logs()
+        );
+        ends.iter().all(|end| *end == PER_PARTITION as i64).then_some(())
     })
     .await;
+    assert_eq!(ferry.metric("ferry_task_failures_total", &[]), Some(0.0), "{}", ferry.logs());
 
     for (topic, partition, records) in &produced {
         let target_topic = format!("src.{topic}");
@@ -65,6 +71,29 @@ async fn records_arrive_field_by_field_in_order() {
     })
     .await;
     assert_eq!(ferry.get("/readyz").map(|(code, _)| code), Some(200));
+
+    // `ferry status` reads the member's /status; `ferry plan` finds nothing left to change on the target.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--url", &ferry.http])
+        .output()
+        .unwrap();
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success() && status_text.contains("ready: yes"), "{status_text}");
+    for topic in &topics {
+        let row =
+            status_text.lines().find(|line| line.contains(topic.as_str())).unwrap_or_else(|| panic!("{status_text}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[2..5], ["4", "0", "0"], "tasks, paused, lag of {topic}: {row}");
+    }
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["plan", "--config"])
+        .arg(state.path().join("ferry.yaml"))
+        .output()
+        .unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{plan_text}{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(plan_text.contains(&format!("{} -> src.{} (4 partitions)", topics[0], topics[0])), "{plan_text}");
+    assert!(!plan_text.contains("would "), "nothing left to change: {plan_text}");
 }
 
 async fn ferry_test_topic_config(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<String, String> {

@@ -2,6 +2,7 @@
 
 mod common;
 mod fidelity;
+mod oversize;
 mod restart;
 mod runtime_topics;
 mod shutdown;

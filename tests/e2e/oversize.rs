@@ -1,0 +1,56 @@
+//! A record the target refuses pauses its task before the position passes it: nothing after it is checkpointed,
+//! and once the limit is lifted the record and everything after
+//! it arrive, with the records written ahead of it counted as duplicates.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
+    let env = env();
+    let topic = unique("oversize");
+    let flow = unique("ovs");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[("max.message.bytes", "2000000")]).await;
+    let mut records: Vec<Record> = (0..21).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    records[10].value = Some(vec![b'x'; 300_000]);
+    produce(&producer(&env.source), &topic, 0, &records).await;
+
+    // The target producer's own limit stands in for a target that refuses the record.
+    let limited = config(&env, state.path(), &flow, &topic, "")
+        .replace("  dst:\n", "  dst:\n    client: { message.max.bytes: \"100000\" }\n");
+    let ferry = Ferry::start(state.path(), &limited);
+    let target_topic = format!("src.{topic}");
+    wait_for("the task paused at the refused record", Duration::from_secs(60), || {
+        let paused = ferry.metric("ferry_tasks", &[("flow", &flow), ("state", "paused")])?;
+        (paused == 1.0).then_some(())
+    })
+    .await;
+    assert!(ferry.logs().contains("refused source offset 10"), "the log names the refused offset:\n{}", ferry.logs());
+    wait_for("a retry from the checkpoint", Duration::from_secs(30), || {
+        (ferry.metric("ferry_task_failures_total", &[("flow", &flow)])? >= 2.0).then_some(())
+    })
+    .await;
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+    assert_eq!(
+        stored_positions(state.path(), &flow).get(&(topic.clone(), 0)),
+        Some(&10),
+        "{}",
+        std::fs::read_to_string(state.path().join(format!("{flow}.json"))).unwrap_or_default()
+    );
+
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    // Records behind the refused one were in flight when it was refused, so some landed ahead of it: they are
+    // duplicates-to-be, and the restarted member counts them.
+    let duplicates = end_offset(&env.target, &target_topic, 0) - 10;
+    wait_for("every record after the limit was lifted", Duration::from_secs(60), || {
+        (end_offset(&env.target, &target_topic, 0) == 21 + duplicates).then_some(())
+    })
+    .await;
+    let replicated: Vec<Record> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replicated[..10], records[..10]);
+    assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
+    assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]), Some(duplicates as f64));
+}
