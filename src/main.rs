@@ -164,17 +164,12 @@ fn plan(config: Config) -> Result<(), Failure> {
             let source = &admins[&flow.source];
             let target = &admins[&flow.target];
             let pairs = flow_topics.matching(&source.topics().await?);
-            let names: Vec<&str> = pairs.iter().map(|pair| pair.source.as_str()).collect();
-            let source_configs = source.topic_configs(&names).await?;
-            let target_topics = target.topics().await?;
-            let existing: Vec<&str> =
-                pairs.iter().map(|p| p.target.as_str()).filter(|t| target_topics.contains_key(*t)).collect();
-            let target_configs = target.topic_configs(&existing).await?;
+            let actions = ferry::topic_sync::plan_against(source, target, &pairs).await?;
             println!("flow {} ({} -> {}): {} topics", flow.name, flow.source, flow.target, pairs.len());
             for pair in &pairs {
                 println!("  {} -> {} ({} partitions)", pair.source, pair.target, pair.partitions);
             }
-            for action in ferry::topic_sync::plan(&pairs, &source_configs, &target_topics, &target_configs) {
+            for action in actions {
                 println!("  would {action}");
             }
         }

@@ -209,6 +209,62 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric family ferry registers, sorted, whether or not it has a series yet (`render` shows a
+    /// labelled family only once one of its series exists). Histograms are listed by their base name, without the
+    /// `_bucket`, `_sum` and `_count` suffixes of their series.
+    ///
+    /// The pattern below names every field, so a metric added to `Metrics` does not compile until it is listed here.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let Self {
+            registry: _,
+            per_partition: _,
+            records_replicated,
+            bytes_replicated,
+            duplicates,
+            records_skipped,
+            lag_records,
+            lag_seconds,
+            end_to_end_latency,
+            throttle_wait_seconds,
+            tasks,
+            task_failures,
+            checkpoint_age_seconds,
+            checkpoint_writes,
+            checkpoint_failures,
+            cluster_up,
+            topic_syncs,
+            build_info,
+            ready,
+            client_errors,
+        } = self;
+        let collectors: [&dyn Collector; 18] = [
+            records_replicated,
+            bytes_replicated,
+            duplicates,
+            records_skipped,
+            lag_records,
+            lag_seconds,
+            end_to_end_latency,
+            throttle_wait_seconds,
+            tasks,
+            task_failures,
+            checkpoint_age_seconds,
+            checkpoint_writes,
+            checkpoint_failures,
+            cluster_up,
+            topic_syncs,
+            build_info,
+            ready,
+            client_errors,
+        ];
+        let mut names: Vec<String> =
+            collectors.iter().flat_map(|c| c.desc()).map(|desc| desc.fq_name.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

@@ -138,15 +138,12 @@ pub fn plan(
     actions
 }
 
-/// Brings every pair's target topic in step with its source. Returns the source topics whose target topic is
-/// ready for their tasks; a topic whose change failed is logged and left out until the next attempt.
-pub async fn sync(
-    flow: &str,
+/// Asks both clusters what they hold and plans what must change on the target (nothing is changed).
+pub async fn plan_against(
     source: &ClusterAdmin,
     target: &ClusterAdmin,
     pairs: &[TopicPair],
-    metrics: &Metrics,
-) -> Result<Vec<String>, AdminError> {
+) -> Result<Vec<Action>, AdminError> {
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
@@ -156,9 +153,20 @@ pub async fn sync(
     let existing: Vec<&str> =
         pairs.iter().map(|pair| pair.target.as_str()).filter(|topic| target_topics.contains_key(*topic)).collect();
     let target_configs = target.topic_configs(&existing).await?;
+    Ok(plan(pairs, &source_configs, &target_topics, &target_configs))
+}
 
+/// Brings every pair's target topic in step with its source. Returns the source topics whose target topic is
+/// ready for their tasks; a topic whose change failed is logged and left out until the next attempt.
+pub async fn sync(
+    flow: &str,
+    source: &ClusterAdmin,
+    target: &ClusterAdmin,
+    pairs: &[TopicPair],
+    metrics: &Metrics,
+) -> Result<Vec<String>, AdminError> {
     let mut failed = std::collections::BTreeSet::new();
-    for action in plan(pairs, &source_configs, &target_topics, &target_configs) {
+    for action in plan_against(source, target, pairs).await? {
         let (result, topic, kind) = match &action {
             Action::Create { topic, partitions, configs } => {
                 (target.create_topic(topic, *partitions, configs).await, topic, "create")
