@@ -416,3 +416,66 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
     drop(queue);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::FutureProducer;
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::config::ClusterConfig;
+    use crate::metrics::Metrics;
+    use crate::progress::{SyncPoint, TaskId};
+
+    fn cluster(bootstrap: &str) -> ClusterConfig {
+        ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_loop_replicates_in_order_and_stops_with_everything_acknowledged() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("orders", 1, 1).unwrap();
+        mock.create_topic("remote.orders", 1, 1).unwrap();
+        let bootstrap = mock.bootstrap_servers();
+        let feeder: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        for seq in 0..200 {
+            let key = format!("k{seq}");
+            let value = format!("v{seq}");
+            let record = FutureRecord::to("orders").partition(0).key(&key).payload(&value);
+            feeder.send(record, Duration::from_secs(5)).await.unwrap();
+        }
+
+        let metrics = Metrics::new(false);
+        let id = TaskId::new("flow", "orders", 0);
+        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
+        let ctx = TaskContext {
+            spec: TaskSpec { id: id.clone(), target_topic: "remote.orders".to_owned() },
+            source: Arc::new(SourceConsumer::new("flow", "mock", &cluster(&bootstrap), &metrics).unwrap()),
+            target: TargetProducer::new("mock", &cluster(&bootstrap), &metrics).unwrap(),
+            throttle: None,
+            metrics: metrics.task("flow", "orders", 0),
+            progress: progress.clone(),
+            provenance: None,
+            drain_timeout: Duration::from_secs(5),
+            cautious_start: false,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(ctx, stop.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while progress.position().next_source_offset < 200 {
+            assert!(tokio::time::Instant::now() < deadline, "stalled at {:?}", progress.position());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+
+        let position = progress.position();
+        assert_eq!(position.next_source_offset, 200);
+        assert_eq!(position.next_target_offset, Some(200));
+        assert_eq!(position.sync_points, vec![SyncPoint { source: 0, target: 0 }]);
+        assert_eq!(metrics.task("flow", "orders", 0).records.get(), 200);
+    }
+}
