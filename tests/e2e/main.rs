@@ -6,4 +6,5 @@ mod oversize;
 mod restart;
 mod runtime_topics;
 mod shutdown;
+mod target_outage;
 mod unreachable;
