@@ -13,8 +13,7 @@ const FILES: &[&str] = &["dashboards/ferry.json", "dashboards/alerts.yaml", "hel
 /// The metric names `text` uses that ferry does not register. Series of a histogram (`_bucket`, `_sum`, `_count`)
 /// count as their base name.
 fn unknown_metrics(text: &str, registered: &BTreeSet<String>) -> BTreeSet<String> {
-    let pattern = regex::Regex::new(r"\bferry_[a-z_]+").unwrap();
-    pattern
+    metric_pattern()
         .find_iter(text)
         .map(|m| m.as_str().trim_end_matches('_').to_owned())
         .filter(|name| {
@@ -24,6 +23,11 @@ fn unknown_metrics(text: &str, registered: &BTreeSet<String>) -> BTreeSet<String
         .collect()
 }
 
+/// A metric name as dashboards and rules write it.
+fn metric_pattern() -> regex::Regex {
+    regex::Regex::new(r"\bferry_[a-z_]+").unwrap()
+}
+
 fn registered() -> BTreeSet<String> {
     Metrics::new(true).names().into_iter().collect()
 }
@@ -31,11 +35,12 @@ fn registered() -> BTreeSet<String> {
 #[test]
 fn dashboards_and_alerts_use_only_registered_metrics() {
     let registered = registered();
+    let pattern = metric_pattern();
     let mut used = 0;
     for file in FILES {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
             .unwrap_or_else(|e| panic!("read {file}: {e}"));
-        used += regex::Regex::new(r"\bferry_[a-z_]+").unwrap().find_iter(&text).count();
+        used += pattern.find_iter(&text).count();
         let unknown = unknown_metrics(&text, &registered);
         assert!(
             unknown.is_empty(),
