@@ -64,7 +64,6 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
                 .set("queued.max.messages.kbytes", "8192")
                 .set("queued.min.messages", "20000")
                 .set("fetch.wait.max.ms", "100")
-                .set("statistics.interval.ms", "5000")
                 // Manual assignment needs a group id only for librdkafka's bookkeeping; nothing is committed.
                 .set("group.id", format!("ferry-{alias}-unused"));
         }

@@ -35,9 +35,10 @@ pub struct TaskLag {
 /// Lag of one task from its progress and its partition's end offset.
 pub fn task_lag(id: &TaskId, inputs: &LagInputs, source_end_offset: Option<i64>, now_ms: i64) -> TaskLag {
     let lag_records = source_end_offset.map(|end| (end - inputs.next_source_offset).max(0));
+    // Seconds are only claimed when records are known to be missing.
     let lag_seconds = match (lag_records, inputs.reference_timestamp_ms) {
-        (Some(0), _) | (_, None) => 0.0,
-        (_, Some(reference)) => (now_ms - reference).max(0) as f64 / 1000.0,
+        (Some(lag), Some(reference)) if lag > 0 => (now_ms - reference).max(0) as f64 / 1000.0,
+        _ => 0.0,
     };
     TaskLag {
         flow: id.flow.to_string(),

@@ -177,6 +177,15 @@ fn plan(config: Config) -> Result<(), Failure> {
     })
 }
 
+/// One line of `ferry status`: a flow's topic summed over its partitions.
+#[derive(Default)]
+struct TopicRow {
+    tasks: usize,
+    paused: usize,
+    lag_records: Option<i64>,
+    lag_seconds: f64,
+}
+
 fn status(url: &str) -> Result<(), Failure> {
     let endpoint = format!("{}/status", url.trim_end_matches('/'));
     let response = ureq::get(&endpoint).call();
@@ -193,16 +202,19 @@ fn status(url: &str) -> Result<(), Failure> {
         "ready: {}",
         if status.ready { "yes".to_owned() } else { format!("no ({})", status.not_ready_reason.unwrap_or_default()) }
     );
-    let mut flows: BTreeMap<(&str, &str), (usize, usize, i64, f64)> = BTreeMap::new();
+    // Lag in records is unknown ("-") until every partition of the topic has been fetched once.
+    let mut flows: BTreeMap<(&str, &str), TopicRow> = BTreeMap::new();
     for task in &status.tasks {
-        let entry = flows.entry((&task.flow, &task.topic)).or_default();
-        entry.0 += 1;
-        entry.1 += usize::from(task.paused);
-        entry.2 += task.lag_records.unwrap_or(0);
-        entry.3 = entry.3.max(task.lag_seconds);
+        let row =
+            flows.entry((&task.flow, &task.topic)).or_insert(TopicRow { lag_records: Some(0), ..TopicRow::default() });
+        row.tasks += 1;
+        row.paused += usize::from(task.paused);
+        row.lag_records = row.lag_records.zip(task.lag_records).map(|(sum, lag)| sum + lag);
+        row.lag_seconds = row.lag_seconds.max(task.lag_seconds);
     }
     println!("{:<24} {:<32} {:>6} {:>7} {:>12} {:>10}", "FLOW", "TOPIC", "TASKS", "PAUSED", "LAG_RECORDS", "LAG_SEC");
-    for ((flow, topic), (tasks, paused, lag_records, lag_seconds)) in flows {
+    for ((flow, topic), TopicRow { tasks, paused, lag_records, lag_seconds }) in flows {
+        let lag_records = lag_records.map_or_else(|| "-".to_owned(), |lag| lag.to_string());
         println!("{flow:<24} {topic:<32} {tasks:>6} {paused:>7} {lag_records:>12} {lag_seconds:>10.1}");
     }
     Ok(())

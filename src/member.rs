@@ -174,7 +174,7 @@ impl Member {
         }
         while components.join_next().await.is_some() {}
         match checkpointer.flush().await {
-            Ok(written) => info!(tasks = written, "final checkpoint written"),
+            Ok(written) => info!(changed_tasks = written, "final checkpoint written"),
             Err(error) => error!(%error, "final checkpoint failed; a restart resumes from the previous one"),
         }
         for producer in producers.values() {

@@ -5,13 +5,12 @@
 //! One consumer per flow (not per source cluster) because librdkafka assigns a partition once per consumer, and
 //! two flows may replicate the same source topic to different targets.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::ffi::CString;
+use std::sync::Arc;
 
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -20,13 +19,9 @@ use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role};
 use crate::metrics::Metrics;
 
-/// End offsets of the source partitions, as last reported by the consumer's statistics.
-type EndOffsets = RwLock<HashMap<(String, i32), i64>>;
-
-/// Consumer context of a flow's source consumer: cluster logging plus the end offsets from statistics.
+/// Consumer context of a flow's source consumer: logs and errors under the cluster alias.
 pub struct SourceContext {
     cluster: ClusterContext,
-    end_offsets: Arc<EndOffsets>,
 }
 
 impl ClientContext for SourceContext {
@@ -36,20 +31,6 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.cluster.error(error, reason);
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        let mut end_offsets = self.end_offsets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (topic, stats) in statistics.topics {
-            for (partition, stats) in stats.partitions {
-                // The last stable offset is the end a read_committed consumer can reach; librdkafka reports
-                // negative values for partitions it has not fetched yet.
-                let end = if stats.ls_offset >= 0 { stats.ls_offset } else { stats.hi_offset };
-                if partition >= 0 && end >= 0 {
-                    end_offsets.insert((topic.clone(), partition), end);
-                }
-            }
-        }
     }
 }
 
@@ -62,7 +43,6 @@ pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
 pub struct SourceConsumer {
     alias: String,
     consumer: Arc<StreamConsumer<SourceContext>>,
-    end_offsets: Arc<EndOffsets>,
     driver: JoinHandle<()>,
 }
 
@@ -98,14 +78,13 @@ impl SourceConsumer {
     pub fn new(flow: &str, alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, SourceError> {
         let mut config = client_config(alias, cluster, Role::Consumer)?;
         config.set("client.id", format!("ferry-{flow}-{alias}"));
-        let end_offsets = Arc::new(EndOffsets::default());
-        let context = SourceContext { cluster: ClusterContext::new(alias, metrics), end_offsets: end_offsets.clone() };
+        let context = SourceContext { cluster: ClusterContext::new(alias, metrics) };
         let consumer: StreamConsumer<SourceContext> = config
             .create_with_context(context)
             .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
         let consumer = Arc::new(consumer);
         let driver = tokio::spawn(serve_main_queue(consumer.clone(), alias.to_owned()));
-        Ok(Self { alias: alias.to_owned(), consumer, end_offsets, driver })
+        Ok(Self { alias: alias.to_owned(), consumer, driver })
     }
 
     /// The source cluster alias.
@@ -139,10 +118,23 @@ impl SourceConsumer {
         }
     }
 
-    /// The end offset (last stable offset) of a source partition as last reported, if known yet.
+    /// The high watermark of a source partition from the consumer's last fetch response (no request is made),
+    /// or `None` before the first fetch.
     pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let end_offsets = self.end_offsets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        end_offsets.get(&(topic.to_owned(), partition)).copied()
+        let topic = CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives; librdkafka only reads the topic string
+        // and writes the two offsets, under its own partition lock.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
     }
 }
 
