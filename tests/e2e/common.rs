@@ -87,6 +87,16 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
         .expect("producer")
 }
 
+/// Explicit record timestamps start ten minutes before this test process started: recent enough that no retention
+/// check deletes them mid-test (time-based retention reads record timestamps), fixed so records can be rebuilt.
+fn timestamp_base_ms() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        now - 10 * 60 * 1000
+    })
+}
+
 /// A record as the tests compare it, field by field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -110,7 +120,7 @@ impl Record {
                 ("dup".to_owned(), Some(b"second".to_vec())),
                 ("null".to_owned(), None),
             ],
-            timestamp: rdkafka::Timestamp::CreateTime(1_600_000_000_000 + seq as i64 * 7),
+            timestamp: rdkafka::Timestamp::CreateTime(timestamp_base_ms() + seq as i64 * 7),
         }
     }
 
