@@ -13,6 +13,7 @@
 //! - [`progress`]: a task's acknowledged position and sync points, shared with the checkpointer and metrics.
 //! - [`lag`]: replication lag per task, aggregated into gauges.
 //! - [`checkpoint`]: the checkpoint store trait, its file implementation and the batching checkpointer.
+//! - [`translate`]: the offset translation rule (committed source offset → target offset).
 //! - [`supervisor`]: the one owner of every running task: starts, stops and restarts them.
 //! - [`throttle`]: byte-rate budgets per region pair, enforced before produce.
 //! - [`member`]: one running ferry process: wires the parts above together and shuts them down as a tree.
@@ -36,3 +37,4 @@ pub mod task;
 pub mod telemetry;
 pub mod throttle;
 pub mod topic_sync;
+pub mod translate;
