@@ -129,6 +129,9 @@ impl ClientContext for ClusterContext {
     }
 }
 
+/// Group clients (offset reads and commits for failover) use the same context; they never join a group.
+impl rdkafka::consumer::ConsumerContext for ClusterContext {}
+
 /// Whether a delivery failure can succeed if the same record is sent again later (after a restart from the
 /// checkpoint), as opposed to a record the target will always refuse.
 pub fn is_retriable(error: &KafkaError) -> bool {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use ferry::config::Config;
+use ferry::failover::{FailoverError, PartitionOffsets};
 use ferry::telemetry::{self, LogFormat};
 
 /// Exit code for bad usage or an invalid configuration.
@@ -51,12 +52,54 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Translate a consumer group's committed source offsets to the target, per partition.
+    Translate {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Flow whose checkpoints translate the offsets.
+        #[arg(long)]
+        flow: String,
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Commit a consumer group's translated offsets on the flow's target cluster.
+    Failover {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Flow whose checkpoints translate the offsets.
+        #[arg(long)]
+        flow: String,
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Show what would be committed, commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Commit even while the group has active members on the target.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show a running member's readiness and per-flow lag.
     Status {
         /// The member's HTTP endpoint.
         #[arg(long, default_value = "http://127.0.0.1:9464")]
         url: String,
     },
+}
+
+/// Output format of `translate`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON array.
+    Json,
 }
 
 /// An error with the exit code it maps to.
@@ -107,7 +150,55 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plan { config } => plan(Config::load(&config).map_err(config_failure)?),
+        Command::Translate { config, flow, group, format } => {
+            let config = Config::load(&config).map_err(config_failure)?;
+            let rows = translate_group(&config, &flow, &group)?;
+            match format {
+                OutputFormat::Table => print_offsets(&rows),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&rows).context("cannot encode JSON")?)
+                }
+            }
+            Ok(())
+        }
+        Command::Failover { config, flow, group, dry_run, force } => {
+            let config = Config::load(&config).map_err(config_failure)?;
+            let rows = translate_group(&config, &flow, &group)?;
+            print_offsets(&rows);
+            if dry_run {
+                println!("dry run: nothing committed");
+                return Ok(());
+            }
+            let committed = ferry::failover::commit_on_target(&config, &flow, &group, &rows, force)?;
+            println!("committed {committed} offsets for group {group}");
+            Ok(())
+        }
         Command::Status { url } => status(&url),
+    }
+}
+
+fn translate_group(config: &Config, flow: &str, group: &str) -> Result<Vec<PartitionOffsets>, Failure> {
+    runtime()?.block_on(ferry::failover::translate_group(config, flow, group)).map_err(|error| match error {
+        FailoverError::Config(error) => config_failure(error),
+        other => other.into(),
+    })
+}
+
+fn print_offsets(rows: &[PartitionOffsets]) {
+    println!(
+        "{:<32} {:>9} {:>13} {:>13} {:>15}",
+        "TOPIC", "PARTITION", "SOURCE_OFFSET", "TARGET_OFFSET", "NOT_REPLICATED"
+    );
+    for row in rows {
+        let target = row.target_offset.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
+        print!(
+            "{:<32} {:>9} {:>13} {:>13} {:>15}",
+            row.topic, row.partition, row.source_offset, target, row.not_yet_replicated
+        );
+        match &row.note {
+            Some(note) => println!("  ({note})"),
+            None => println!(),
+        }
     }
 }
 

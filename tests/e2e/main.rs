@@ -1,6 +1,7 @@
 //! End-to-end tests against the dev env's real Kafka clusters (see `scripts/dev-env`).
 
 mod common;
+mod failover;
 mod fidelity;
 mod oversize;
 mod restart;

@@ -1,0 +1,129 @@
+//! Consumer failover on an ordinary topic: a group reads part of each partition on the source, fails over with
+//! `ferry failover`, and reads the rest on the target: together exactly the source, nothing twice, nothing missed.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::common::*;
+
+const PARTITIONS: i32 = 3;
+const PER_PARTITION: i64 = 300;
+
+fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
+    let consumer = group_consumer(bootstrap, group);
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        wanted.add_partition(topic, partition);
+    }
+    let offsets = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    let result = offsets
+        .elements()
+        .iter()
+        .map(|element| match element.offset() {
+            Offset::Offset(offset) => offset,
+            other => panic!("no committed offset: {other:?}"),
+        })
+        .collect();
+    drop(offsets);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
+    let env = env();
+    let topic = unique("failover");
+    let flow = unique("fo");
+    let group = unique("billing");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, PARTITIONS, &[]).await;
+    let producer = producer(&env.source);
+    let records: Vec<Vec<Record>> = (0..PARTITIONS)
+        .map(|p| (0..PER_PARTITION as u64).map(|seq| Record::numbered(&topic, p, seq)).collect())
+        .collect();
+    for (partition, records) in records.iter().enumerate() {
+        produce(&producer, &topic, partition as i32, records).await;
+    }
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    wait_for("every record checkpointed", Duration::from_secs(60), || {
+        let positions = stored_positions(state.path(), &flow);
+        ((0..PARTITIONS).all(|p| positions.get(&(topic.clone(), p)) == Some(&PER_PARTITION))).then_some(())
+    })
+    .await;
+
+    // The group read (and committed) an uneven part of each partition on the source.
+    let positions = [57_i64, 123, 299];
+    let mut commit = TopicPartitionList::new();
+    for (partition, offset) in positions.iter().enumerate() {
+        commit.add_partition_offset(&topic, partition as i32, Offset::Offset(*offset)).unwrap();
+    }
+    group_consumer(&env.source, &group).commit(&commit, CommitMode::Sync).unwrap();
+
+    // `ferry translate` shows the same translation as JSON (delta 0 here: ferry created the target topic).
+    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["translate", "--format", "json", "--config"])
+        .arg(state.path().join("ferry.yaml"))
+        .args(["--flow", &flow, "--group", &group])
+        .output()
+        .unwrap();
+    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
+    for (partition, offset) in positions.iter().enumerate() {
+        let row = &rows.as_array().unwrap()[partition];
+        assert_eq!(row["source_offset"], *offset);
+        assert_eq!(row["target_offset"], *offset);
+        assert_eq!(row["not_yet_replicated"], 0);
+    }
+
+    // Refused while a consumer of the group is active on the target.
+    let target_topic = format!("src.{topic}");
+    let active = group_consumer(&env.target, &group);
+    active.subscribe(&[&target_topic]).unwrap();
+    wait_for("an active member on the target", Duration::from_secs(30), || {
+        let _ = active.poll(Duration::from_millis(200));
+        (!active.assignment().ok()?.elements().is_empty()).then_some(())
+    })
+    .await;
+    let config_path = state.path().join("ferry.yaml");
+    let failover = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["failover", "--config"])
+            .arg(&config_path)
+            .args(["--flow", &flow, "--group", &group])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = failover(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("active member"), "{refused:?}");
+    drop(active);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let done = failover(&[]);
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{stdout}{}", String::from_utf8_lossy(&done.stderr));
+    assert!(stdout.contains("committed 3 offsets"), "{stdout}");
+    let translated = committed(&env.target, &group, &target_topic);
+    for partition in 0..PARTITIONS as usize {
+        let resumed: Vec<Record> = read_partition(&env.target, &target_topic, partition as i32)
+            .into_iter()
+            .filter(|(offset, _)| *offset >= translated[partition])
+            .map(|(_, record)| record)
+            .collect();
+        let unread = &records[partition][positions[partition] as usize..];
+        assert_eq!(resumed, unread, "partition {partition}: the target resumes exactly after what the group read");
+    }
+    drop(ferry);
+}
