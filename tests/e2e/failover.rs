@@ -21,10 +21,10 @@ fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer = group_consumer(bootstrap, group);
     let mut wanted = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
+    for partition in 0..partitions {
         wanted.add_partition(topic, partition);
     }
     let offsets = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
@@ -38,6 +38,104 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
         .collect();
     drop(offsets);
     result
+}
+
+/// Commits `positions` for `group` on the source, runs `ferry failover`, and checks that reading the target from the
+/// translated offsets yields exactly the source's records at or after each position.
+async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &str, topic: &str, positions: &[i64]) {
+    let group = unique("group");
+    let mut commit = TopicPartitionList::new();
+    for (partition, offset) in positions.iter().enumerate() {
+        commit.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).unwrap();
+    }
+    group_consumer(&env.source, &group).commit(&commit, CommitMode::Sync).unwrap();
+    drop(commit);
+    let done = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["failover", "--config"])
+        .arg(state.join("ferry.yaml"))
+        .args(["--flow", flow, "--group", &group])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{stdout}{}", String::from_utf8_lossy(&done.stderr));
+    let target_topic = format!("src.{topic}");
+    let translated = committed(&env.target, &group, &target_topic, positions.len() as i32);
+    for (partition, position) in positions.iter().enumerate() {
+        let resumed: Vec<Record> = read_partition(&env.target, &target_topic, partition as i32)
+            .into_iter()
+            .filter(|(offset, _)| *offset >= translated[partition])
+            .map(|(_, record)| record)
+            .collect();
+        let unread: Vec<Record> = read_partition(&env.source, topic, partition as i32)
+            .into_iter()
+            .filter(|(offset, _)| offset >= position)
+            .map(|(_, record)| record)
+            .collect();
+        assert_eq!(resumed, unread, "partition {partition} from source offset {position}:\n{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_exact_on_a_compacted_topic() {
+    let env = env();
+    let topic = unique("compacted");
+    let flow = unique("cmp");
+    let state = tempfile::tempdir().unwrap();
+    let compact_fast = [
+        ("cleanup.policy", "compact"),
+        ("segment.ms", "100"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("min.compaction.lag.ms", "0"),
+        ("delete.retention.ms", "100"),
+    ];
+    create_topic(&env.source, &topic, 1, &compact_fast).await;
+    let producer = producer(&env.source);
+    // Every fourth record has a key of its own and survives; the others overwrite three hot keys. Written in several
+    // segments, then the log cleaner removes the overwritten ones, leaving gaps between the survivors.
+    for round in 0..5_u64 {
+        let records: Vec<Record> = (0..60)
+            .map(|i| {
+                let seq = round * 60 + i;
+                let mut record = Record::numbered(&topic, 0, seq);
+                let key = if seq % 4 == 0 { format!("own-{seq}") } else { format!("hot-{}", seq % 3) };
+                record.key = Some(key.into_bytes());
+                // Tombstones would be removed too; keep every record a value.
+                record.value.get_or_insert_with(|| b"value".to_vec());
+                record
+            })
+            .collect();
+        produce(&producer, &topic, 0, &records).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("the source partition compacted", Duration::from_secs(90), || {
+        let kept = read_partition(&env.source, &topic, 0).len() as i64;
+        if kept < 150 {
+            return Some(());
+        }
+        // Rolling the active segment needs a new record after segment.ms.
+        let mut roll = Record::numbered(&topic, 0, 10_000);
+        roll.key = Some(b"hot-0".to_vec());
+        roll.value = Some(b"roll".to_vec());
+        let producer = producer.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move { produce(&producer, &topic, 0, &[roll]).await });
+        None
+    })
+    .await;
+    let source = read_partition(&env.source, &topic, 0);
+    let end = end_offset(&env.source, &topic, 0);
+
+    let _ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    wait_for("the compacted partition checkpointed", Duration::from_secs(60), || {
+        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&end)).then_some(())
+    })
+    .await;
+    // Positions inside compacted-away gaps, at kept records, and at the very end.
+    let gap = (1..source.len()).find(|i| source[*i].0 > source[*i - 1].0 + 1).expect("compaction left a gap");
+    let inside_gap = source[gap - 1].0 + 1;
+    for position in [inside_gap, source[gap].0, source[source.len() / 2].0 + 1, end] {
+        fail_over_and_compare(&env, state.path(), &flow, &topic, &[position]).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +213,7 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "{stdout}{}", String::from_utf8_lossy(&done.stderr));
     assert!(stdout.contains("committed 3 offsets"), "{stdout}");
-    let translated = committed(&env.target, &group, &target_topic);
+    let translated = committed(&env.target, &group, &target_topic, PARTITIONS);
     for partition in 0..PARTITIONS as usize {
         let resumed: Vec<Record> = read_partition(&env.target, &target_topic, partition as i32)
             .into_iter()
