@@ -32,9 +32,18 @@ pub struct TaskLag {
     pub paused: bool,
 }
 
+/// How long a task must have had nothing to do before the offsets between its position and the partition end are
+/// taken to be transaction markers or aborted records rather than data: several fetch cycles, each of which would
+/// have delivered any record there.
+pub const IDLE_MEANS_CAUGHT_UP_MS: i64 = 2_000;
+
 /// Lag of one task from its progress and its partition's end offset.
 pub fn task_lag(id: &TaskId, inputs: &LagInputs, source_end_offset: Option<i64>, now_ms: i64) -> TaskLag {
-    let lag_records = source_end_offset.map(|end| (end - inputs.next_source_offset).max(0));
+    // A transactional partition ends with a commit marker, never delivered as a record: without this, a caught-up
+    // task on such a partition would report one record of lag for ever.
+    let caught_up =
+        !inputs.paused && inputs.idle_since_ms.is_some_and(|since| now_ms - since >= IDLE_MEANS_CAUGHT_UP_MS);
+    let lag_records = source_end_offset.map(|end| if caught_up { 0 } else { (end - inputs.next_source_offset).max(0) });
     // Seconds are only claimed when records are known to be missing.
     let lag_seconds = match (lag_records, inputs.reference_timestamp_ms) {
         (Some(lag), Some(reference)) if lag > 0 => (now_ms - reference).max(0) as f64 / 1000.0,
@@ -89,7 +98,17 @@ mod tests {
     use super::*;
 
     fn inputs(next: i64, reference: Option<i64>) -> LagInputs {
-        LagInputs { next_source_offset: next, reference_timestamp_ms: reference, paused: false }
+        LagInputs { next_source_offset: next, reference_timestamp_ms: reference, paused: false, idle_since_ms: None }
+    }
+
+    #[test]
+    fn an_idle_task_short_of_the_end_only_has_markers_left() {
+        let idle = LagInputs { idle_since_ms: Some(50_000), ..inputs(99, Some(40_000)) };
+        assert_eq!(task_lag(&TaskId::new("f", "t", 0), &idle, Some(100), 60_000).lag_records, Some(0));
+        let just_idle = LagInputs { idle_since_ms: Some(59_500), ..inputs(99, Some(40_000)) };
+        assert_eq!(task_lag(&TaskId::new("f", "t", 0), &just_idle, Some(100), 60_000).lag_records, Some(1));
+        let paused = LagInputs { paused: true, ..idle };
+        assert_eq!(task_lag(&TaskId::new("f", "t", 0), &paused, Some(100), 60_000).lag_records, Some(1));
     }
 
     #[test]

@@ -110,6 +110,9 @@ struct Shared {
 #[derive(Debug)]
 pub struct TaskProgress {
     shared: Mutex<Shared>,
+    /// Milliseconds since the epoch when the task ran out of work, 0 while it holds or awaits records. Atomic
+    /// because it changes per received record, on the hot path.
+    idle_since_ms: std::sync::atomic::AtomicI64,
 }
 
 /// What the lag gauges need from one task.
@@ -121,6 +124,8 @@ pub struct LagInputs {
     pub reference_timestamp_ms: Option<i64>,
     /// Whether the task is paused.
     pub paused: bool,
+    /// Since when the task has had nothing to do (no record held or in flight), if it is idle.
+    pub idle_since_ms: Option<i64>,
 }
 
 impl TaskProgress {
@@ -136,6 +141,7 @@ impl TaskProgress {
                 state: TaskState::Running,
                 duplicates_counted_until: None,
             }),
+            idle_since_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -182,7 +188,23 @@ impl TaskProgress {
             next_source_offset: shared.position.next_source_offset,
             reference_timestamp_ms: shared.oldest_unacked_timestamp_ms.or(shared.last_acked_timestamp_ms),
             paused: matches!(shared.state, TaskState::Paused(_)),
+            idle_since_ms: Some(self.idle_since_ms.load(std::sync::atomic::Ordering::Relaxed)).filter(|at| *at > 0),
         }
+    }
+
+    /// The task received a record: it is busy until everything it holds is acknowledged.
+    pub fn mark_busy(&self) {
+        self.idle_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The task has nothing in flight and waits for records (keeps the earliest time if already idle).
+    pub fn mark_idle(&self, now_ms: i64) {
+        let _ = self.idle_since_ms.compare_exchange(
+            0,
+            now_ms,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Sets the task's state.

@@ -209,6 +209,9 @@ impl Replication<'_> {
     }
 
     fn publish(&self) {
+        if self.in_flight.is_empty() {
+            self.ctx.progress.mark_idle(now_ms());
+        }
         let oldest_unacked = self.in_flight.front().and_then(|record| record.timestamp_ms);
         self.ctx.progress.publish(&self.position, oldest_unacked, self.last_acked_timestamp_ms);
     }
@@ -333,6 +336,7 @@ impl Replication<'_> {
                 _ = stop.cancelled() => return Ok(()),
                 received = queue.recv(), if self.in_flight.len() < self.max_in_flight() => match received {
                     Ok(message) => {
+                        self.ctx.progress.mark_busy();
                         if !self.send(&message, stop).await? {
                             return Ok(());
                         }

@@ -139,6 +139,63 @@ async fn failover_is_exact_on_a_compacted_topic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let env = env();
+    let topic = unique("transactional");
+    let flow = unique("txn");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let transactional: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.source)
+        .set("transactional.id", unique("txn-producer"))
+        .create()
+        .unwrap();
+    transactional.init_transactions(Duration::from_secs(30)).unwrap();
+    // Transactions of 5 records, every third one aborted: the source log holds commit and abort markers and
+    // aborted records that a read_committed reader never sees.
+    for transaction in 0..12_u64 {
+        transactional.begin_transaction().unwrap();
+        for i in 0..5 {
+            let value = format!("txn {transaction} record {i}");
+            let key = format!("k{i}");
+            transactional
+                .send(FutureRecord::to(&topic).partition(0).key(&key).payload(&value), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        if transaction % 3 == 2 {
+            transactional.abort_transaction(Duration::from_secs(30)).unwrap();
+        } else {
+            transactional.commit_transaction(Duration::from_secs(30)).unwrap();
+        }
+    }
+    drop(transactional);
+    let source = read_partition(&env.source, &topic, 0);
+    assert_eq!(source.len(), 40, "8 committed transactions of 5 records");
+    let end = end_offset(&env.source, &topic, 0);
+
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    wait_for("the transactional partition replicated", Duration::from_secs(60), || {
+        let next = stored_positions(state.path(), &flow).get(&(topic.clone(), 0)).copied()?;
+        // The position stops after the last committed record; only the final commit marker lies beyond it.
+        (next > source.last().unwrap().0).then_some(())
+    })
+    .await;
+    // Only a commit marker lies between the position and the partition end: that is no lag.
+    wait_for("no lag on the caught-up transactional partition", Duration::from_secs(30), || {
+        (ferry.metric("ferry_replication_lag_records", &[("flow", &flow)])? == 0.0).then_some(())
+    })
+    .await;
+    // A commit marker, the first offset of an aborted transaction, a record after it, and the end.
+    let marker = source[4].0 + 1;
+    let aborted = (1..source.len()).find(|i| source[*i].0 > source[*i - 1].0 + 2).map(|i| source[i - 1].0 + 2).unwrap();
+    for position in [marker, aborted, source[20].0, source[39].0 + 1, end] {
+        fail_over_and_compare(&env, state.path(), &flow, &topic, &[position]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
     let env = env();
     let topic = unique("failover");
