@@ -280,5 +280,28 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
         let unread = &records[partition][positions[partition] as usize..];
         assert_eq!(resumed, unread, "partition {partition}: the target resumes exactly after what the group read");
     }
-    drop(ferry);
+
+    // A group ahead of replication: ferry stopped, 50 more records read on the source. Translation points at the
+    // end of what was replicated and reports what is missing.
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+    let more: Vec<Record> =
+        (PER_PARTITION as u64..PER_PARTITION as u64 + 50).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    produce(&producer, &topic, 0, &more).await;
+    let ahead = unique("ahead");
+    let mut commit = TopicPartitionList::new();
+    commit.add_partition_offset(&topic, 0, Offset::Offset(PER_PARTITION + 50)).unwrap();
+    group_consumer(&env.source, &ahead).commit(&commit, CommitMode::Sync).unwrap();
+    drop(commit);
+    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["translate", "--format", "json", "--config"])
+        .arg(&config_path)
+        .args(["--flow", &flow, "--group", &ahead])
+        .output()
+        .unwrap();
+    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["target_offset"], PER_PARTITION, "the end of what was replicated: {row}");
+    assert_eq!(row["not_yet_replicated"], 50, "{row}");
 }
