@@ -14,6 +14,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     per_partition: bool,
+    /// Every registered family name, sorted: a metric vector without children is absent from `gather()`.
+    names: Vec<String>,
     /// Records acknowledged by the target.
     pub records_replicated: IntCounterVec,
     /// Bytes (key + value + headers) acknowledged by the target.
@@ -93,9 +95,11 @@ impl Metrics {
     pub fn new(per_partition: bool) -> Self {
         let registry = Registry::new();
         let task_labels = &["flow", "topic", "partition"];
+        let mut names = Vec::new();
         macro_rules! register {
             ($metric:expr) => {{
                 let metric = $metric.expect("metric definitions are static and valid");
+                names.extend(prometheus::core::Collector::desc(&metric).iter().map(|desc| desc.fq_name.clone()));
                 registry.register(Box::new(metric.clone())).expect("each metric is registered once");
                 metric
             }};
@@ -182,6 +186,10 @@ impl Metrics {
             )),
             registry,
             per_partition,
+            names: {
+                names.sort();
+                names
+            },
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         metrics
@@ -209,60 +217,9 @@ impl Metrics {
         }
     }
 
-    /// The name of every metric family ferry registers, sorted, whether or not it has a series yet (`render` shows a
-    /// labelled family only once one of its series exists). Histograms are listed by their base name, without the
-    /// `_bucket`, `_sum` and `_count` suffixes of their series.
-    ///
-    /// The pattern below names every field, so a metric added to `Metrics` does not compile until it is listed here.
+    /// Every metric family name ferry registers, whether or not it has samples yet.
     pub fn names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let Self {
-            registry: _,
-            per_partition: _,
-            records_replicated,
-            bytes_replicated,
-            duplicates,
-            records_skipped,
-            lag_records,
-            lag_seconds,
-            end_to_end_latency,
-            throttle_wait_seconds,
-            tasks,
-            task_failures,
-            checkpoint_age_seconds,
-            checkpoint_writes,
-            checkpoint_failures,
-            cluster_up,
-            topic_syncs,
-            build_info,
-            ready,
-            client_errors,
-        } = self;
-        let collectors: [&dyn Collector; 18] = [
-            records_replicated,
-            bytes_replicated,
-            duplicates,
-            records_skipped,
-            lag_records,
-            lag_seconds,
-            end_to_end_latency,
-            throttle_wait_seconds,
-            tasks,
-            task_failures,
-            checkpoint_age_seconds,
-            checkpoint_writes,
-            checkpoint_failures,
-            cluster_up,
-            topic_syncs,
-            build_info,
-            ready,
-            client_errors,
-        ];
-        let mut names: Vec<String> =
-            collectors.iter().flat_map(|c| c.desc()).map(|desc| desc.fq_name.clone()).collect();
-        names.sort();
-        names.dedup();
-        names
+        self.names.clone()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -409,3 +409,63 @@ pub fn stored_positions(state_dir: &Path, flow: &str) -> BTreeMap<(String, i32),
         })
         .collect()
 }
+
+/// A Kafka cluster of a test's own (scripts/kafka-node), for faults that must not disturb the shared clusters.
+/// Stopped when dropped.
+pub struct KafkaNode {
+    dir: tempfile::TempDir,
+    lib: String,
+    broker_port: u16,
+    controller_port: u16,
+    created: std::cell::Cell<bool>,
+}
+
+impl KafkaNode {
+    /// A node on free loopback ports, not started yet.
+    pub fn new(env: &TestEnv) -> Self {
+        KafkaNode {
+            dir: tempfile::tempdir().unwrap(),
+            lib: env.kafka_lib.clone(),
+            broker_port: free_port(),
+            controller_port: free_port(),
+            created: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Its bootstrap address.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.broker_port)
+    }
+
+    /// Starts it (again, with its data, after a stop) and waits until it is ready.
+    pub fn start(&self) {
+        let ports = [self.broker_port.to_string(), self.controller_port.to_string()];
+        let args: Vec<&str> = if self.created.get() { vec!["start"] } else { vec!["start", &ports[0], &ports[1]] };
+        self.run(&args);
+        self.created.set(true);
+    }
+
+    /// Stops it (SIGTERM, controlled shutdown).
+    pub fn stop(&self) {
+        self.run(&["stop"]);
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = Command::new(repo_root().join("scripts/kafka-node"))
+            .arg(args[0])
+            .arg(self.dir.path())
+            .args(&args[1..])
+            .env("FERRY_KAFKA_LIB", &self.lib)
+            .status()
+            .unwrap();
+        assert!(status.success(), "kafka-node {args:?} failed");
+    }
+}
+
+impl Drop for KafkaNode {
+    fn drop(&mut self) {
+        if self.created.get() {
+            let _ = Command::new(repo_root().join("scripts/kafka-node")).arg("stop").arg(self.dir.path()).status();
+        }
+    }
+}

@@ -1,43 +1,17 @@
 //! The target cluster's broker stops mid-stream and comes back: records wait in ferry, nothing is lost, nothing is
 //! written twice, and ferry needs no restart.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
-
-struct KafkaNode {
-    dir: tempfile::TempDir,
-    lib: String,
-}
-
-impl KafkaNode {
-    fn run(&self, args: &[&str]) {
-        let status = Command::new(repo_root().join("scripts/kafka-node"))
-            .arg(args[0])
-            .arg(self.dir.path())
-            .args(&args[1..])
-            .env("FERRY_KAFKA_LIB", &self.lib)
-            .status()
-            .unwrap();
-        assert!(status.success(), "kafka-node {args:?} failed");
-    }
-}
-
-impl Drop for KafkaNode {
-    fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("scripts/kafka-node")).arg("stop").arg(self.dir.path()).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_out_a_target_outage_and_arrive_once() {
     let env = env();
     // A target of its own, so stopping it does not disturb the other tests.
-    let node = KafkaNode { dir: tempfile::tempdir().unwrap(), lib: env.kafka_lib.clone() };
-    let (broker_port, controller_port) = (free_port(), free_port());
-    node.run(&["start", &broker_port.to_string(), &controller_port.to_string()]);
-    let target = format!("127.0.0.1:{broker_port}");
+    let node = KafkaNode::new(&env);
+    node.start();
+    let target = node.bootstrap();
 
     let topic = unique("outage");
     let flow = unique("out");
@@ -57,14 +31,14 @@ async fn records_wait_out_a_target_outage_and_arrive_once() {
     })
     .await;
 
-    node.run(&["stop"]);
+    node.stop();
     for (partition, records) in records.iter().enumerate() {
         produce(&producer, &topic, partition as i32, &records[1_000..2_000]).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let lag = ferry.metric("ferry_replication_lag_records", &[("flow", &flow)]).unwrap();
     assert!(lag > 0.0, "the records produced during the outage are lag");
-    node.run(&["start"]);
+    node.start();
     for (partition, records) in records.iter().enumerate() {
         produce(&producer, &topic, partition as i32, &records[2_000..]).await;
     }

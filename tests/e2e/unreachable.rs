@@ -1,26 +1,15 @@
 //! A source cluster that is down at start: ferry keeps retrying, is not ready, names the cluster, and starts
 //! replicating once the cluster comes up, without a restart.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
 
-struct KafkaNode {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for KafkaNode {
-    fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("scripts/kafka-node")).arg("stop").arg(self.dir.path()).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_starts_when_an_unreachable_source_comes_up() {
     let env = env();
-    let (broker_port, controller_port) = (free_port(), free_port());
-    let late_source = format!("127.0.0.1:{broker_port}");
+    let node = KafkaNode::new(&env);
+    let late_source = node.bootstrap();
     let flow = unique("late");
     let topic = unique("late");
     let state = tempfile::tempdir().unwrap();
@@ -49,15 +38,7 @@ flows:
     assert!(ferry.logs().contains("late-east"), "logs name the unreachable cluster:\n{}", ferry.logs());
     assert_eq!(ferry.metric("ferry_cluster_up", &[("cluster", "late-east")]), Some(0.0));
 
-    let node = KafkaNode { dir: tempfile::tempdir().unwrap() };
-    let started = Command::new(repo_root().join("scripts/kafka-node"))
-        .arg("start")
-        .arg(node.dir.path())
-        .args([broker_port.to_string(), controller_port.to_string()])
-        .env("FERRY_KAFKA_LIB", &env.kafka_lib)
-        .status()
-        .unwrap();
-    assert!(started.success(), "the late source cluster did not start");
+    node.start();
     create_topic(&late_source, &topic, 1, &[]).await;
     let records: Vec<Record> = (0..100).map(|seq| Record::numbered(&topic, 0, seq)).collect();
     produce(&producer(&late_source), &topic, 0, &records).await;
