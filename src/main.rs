@@ -54,30 +54,16 @@ enum Command {
     },
     /// Translate a consumer group's committed source offsets to the target, per partition.
     Translate {
-        /// Config file (YAML).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Flow whose checkpoints translate the offsets.
-        #[arg(long)]
-        flow: String,
-        /// Consumer group.
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        group: GroupArgs,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
     },
     /// Commit a consumer group's translated offsets on the flow's target cluster.
     Failover {
-        /// Config file (YAML).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Flow whose checkpoints translate the offsets.
-        #[arg(long)]
-        flow: String,
-        /// Consumer group.
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        group: GroupArgs,
         /// Show what would be committed, commit nothing.
         #[arg(long)]
         dry_run: bool,
@@ -91,6 +77,20 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9464")]
         url: String,
     },
+}
+
+/// Which group, through which flow: the arguments of `translate` and `failover`.
+#[derive(clap::Args, Debug)]
+struct GroupArgs {
+    /// Config file (YAML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Flow whose checkpoints translate the offsets.
+    #[arg(long)]
+    flow: String,
+    /// Consumer group.
+    #[arg(long)]
+    group: String,
 }
 
 /// Output format of `translate`.
@@ -150,7 +150,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plan { config } => plan(Config::load(&config).map_err(config_failure)?),
-        Command::Translate { config, flow, group, format } => {
+        Command::Translate { group: GroupArgs { config, flow, group }, format } => {
             let config = Config::load(&config).map_err(config_failure)?;
             let rows = translate_group(&config, &flow, &group)?;
             match format {
@@ -161,7 +161,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Failover { config, flow, group, dry_run, force } => {
+        Command::Failover { group: GroupArgs { config, flow, group }, dry_run, force } => {
             let config = Config::load(&config).map_err(config_failure)?;
             let rows = translate_group(&config, &flow, &group)?;
             print_offsets(&rows);
