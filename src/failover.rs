@@ -54,6 +54,15 @@ pub enum FailoverError {
     },
 }
 
+/// A group's translated offsets, and whether they come from the last sync instead of the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupTranslation {
+    /// Per partition, sorted by topic and partition.
+    pub rows: Vec<PartitionOffsets>,
+    /// When the offsets were synced, if the source could not be asked and the stored sync was used.
+    pub synced_at_ms: Option<i64>,
+}
+
 /// One partition of a failover: where the group is on the source and where it resumes on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionOffsets {
@@ -83,7 +92,11 @@ fn flow<'a>(config: &'a Config, name: &str) -> Result<&'a FlowConfig, ConfigErro
     })
 }
 
-fn group_client(config: &Config, alias: &str, group: &str) -> Result<BaseConsumer<ClusterContext>, FailoverError> {
+pub(crate) fn group_client(
+    config: &Config,
+    alias: &str,
+    group: &str,
+) -> Result<BaseConsumer<ClusterContext>, FailoverError> {
     let mut client = client_config(alias, &config.clusters[alias], Role::Admin)?;
     client.set("group.id", group).set("enable.auto.commit", "false");
     let metrics = Metrics::new(false);
@@ -93,28 +106,21 @@ fn group_client(config: &Config, alias: &str, group: &str) -> Result<BaseConsume
 }
 
 /// Translates the committed source offsets of `group` for every partition the flow replicates.
-pub async fn translate_group(
-    config: &Config,
-    flow_name: &str,
-    group: &str,
-) -> Result<Vec<PartitionOffsets>, FailoverError> {
+pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> Result<GroupTranslation, FailoverError> {
     let flow = flow(config, flow_name)?;
-    let checkpoints = FileStore::open(&config.checkpoint.path)?.load(&flow.name).await?;
+    let store: Box<dyn CheckpointStore> = Box::new(FileStore::open(&config.checkpoint.path)?);
+    let checkpoints = store.load(&flow.name).await?;
     let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
     let mut wanted = TopicPartitionList::new();
     for key in checkpoints.keys() {
         wanted.add_partition(&key.topic, key.partition);
     }
     let source = group_client(config, &flow.source, group)?;
-    let committed =
-        tokio::task::block_in_place(|| source.committed_offsets(wanted, REQUEST_TIMEOUT)).map_err(|source| {
-            FailoverError::Kafka {
-                what: "read committed offsets",
-                group: group.to_owned(),
-                cluster: flow.source.clone(),
-                source: Box::new(source),
-            }
-        })?;
+    let committed = match tokio::task::block_in_place(|| source.committed_offsets(wanted, REQUEST_TIMEOUT)) {
+        Ok(committed) => committed,
+        // The real disaster: the source is gone. The continuous sync kept the group's last translation.
+        Err(error) => return synced_translation(store.as_ref(), flow, group, &naming, error).await,
+    };
     let mut rows = Vec::new();
     for element in committed.elements() {
         let Offset::Offset(source_offset) = element.offset() else { continue };
@@ -139,7 +145,39 @@ pub async fn translate_group(
     // Drop the partition list before the consumer: librdkafka can hang on shutdown otherwise.
     drop(committed);
     rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    Ok(rows)
+    Ok(GroupTranslation { rows, synced_at_ms: None })
+}
+
+/// The group's offsets as the continuous sync last stored them, when the source cannot be asked.
+async fn synced_translation(
+    store: &dyn CheckpointStore,
+    flow: &FlowConfig,
+    group: &str,
+    naming: &TopicNaming,
+    source_error: KafkaError,
+) -> Result<GroupTranslation, FailoverError> {
+    let Some(synced) = store.load_group_offsets(&flow.name).await?.remove(group) else {
+        return Err(FailoverError::Kafka {
+            what: "read committed offsets (and no synced offsets are stored)",
+            group: group.to_owned(),
+            cluster: flow.source.clone(),
+            source: Box::new(source_error),
+        });
+    };
+    let rows = synced
+        .partitions
+        .into_iter()
+        .map(|offset| PartitionOffsets {
+            target_topic: naming.remote_topic(&offset.topic),
+            topic: offset.topic,
+            partition: offset.partition,
+            source_offset: offset.source_offset,
+            target_offset: Some(offset.target_offset),
+            not_yet_replicated: offset.not_yet_replicated,
+            note: None,
+        })
+        .collect();
+    Ok(GroupTranslation { rows, synced_at_ms: Some(synced.synced_at_ms) })
 }
 
 /// Commits the translated offsets for `group` on the flow's target cluster.

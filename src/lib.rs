@@ -15,6 +15,7 @@
 //! - [`checkpoint`]: the checkpoint store trait, its file implementation and the batching checkpointer.
 //! - [`translate`]: the offset translation rule (committed source offset → target offset).
 //! - [`failover`]: a consumer group's offsets translated and committed on the target.
+//! - [`group_sync`]: continuous consumer group offset sync into inactive target groups.
 //! - [`supervisor`]: the one owner of every running task: starts, stops and restarts them.
 //! - [`throttle`]: byte-rate budgets per region pair, enforced before produce.
 //! - [`member`]: one running ferry process: wires the parts above together and shuts them down as a tree.
@@ -25,6 +26,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod discovery;
 pub mod failover;
+pub mod group_sync;
 pub mod http;
 pub mod kafka;
 pub mod lag;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use ferry::config::Config;
-use ferry::failover::{FailoverError, PartitionOffsets};
+use ferry::failover::{FailoverError, GroupTranslation};
 use ferry::telemetry::{self, LogFormat};
 
 /// Exit code for bad usage or an invalid configuration.
@@ -152,24 +152,24 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Plan { config } => plan(Config::load(&config).map_err(config_failure)?),
         Command::Translate { group: GroupArgs { config, flow, group }, format } => {
             let config = Config::load(&config).map_err(config_failure)?;
-            let rows = translate_group(&config, &flow, &group)?;
+            let translation = translate_group(&config, &flow, &group)?;
             match format {
-                OutputFormat::Table => print_offsets(&rows),
+                OutputFormat::Table => print_offsets(&translation),
                 OutputFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&rows).context("cannot encode JSON")?)
+                    println!("{}", serde_json::to_string_pretty(&translation.rows).context("cannot encode JSON")?)
                 }
             }
             Ok(())
         }
         Command::Failover { group: GroupArgs { config, flow, group }, dry_run, force } => {
             let config = Config::load(&config).map_err(config_failure)?;
-            let rows = translate_group(&config, &flow, &group)?;
-            print_offsets(&rows);
+            let translation = translate_group(&config, &flow, &group)?;
+            print_offsets(&translation);
             if dry_run {
                 println!("dry run: nothing committed");
                 return Ok(());
             }
-            let committed = ferry::failover::commit_on_target(&config, &flow, &group, &rows, force)?;
+            let committed = ferry::failover::commit_on_target(&config, &flow, &group, &translation.rows, force)?;
             println!("committed {committed} offsets for group {group}");
             Ok(())
         }
@@ -177,14 +177,19 @@ fn dispatch(command: Command) -> Result<(), Failure> {
     }
 }
 
-fn translate_group(config: &Config, flow: &str, group: &str) -> Result<Vec<PartitionOffsets>, Failure> {
+fn translate_group(config: &Config, flow: &str, group: &str) -> Result<GroupTranslation, Failure> {
     runtime()?.block_on(ferry::failover::translate_group(config, flow, group)).map_err(|error| match error {
         FailoverError::Config(error) => config_failure(error),
         other => other.into(),
     })
 }
 
-fn print_offsets(rows: &[PartitionOffsets]) {
+fn print_offsets(translation: &GroupTranslation) {
+    if let Some(synced_at_ms) = translation.synced_at_ms {
+        let age = (ferry::checkpoint::now_ms() - synced_at_ms).max(0) as f64 / 1000.0;
+        println!("source cluster unreachable: using the group offsets ferry synced {age:.0} s ago");
+    }
+    let rows = &translation.rows;
     println!(
         "{:<32} {:>9} {:>13} {:>13} {:>15}",
         "TOPIC", "PARTITION", "SOURCE_OFFSET", "TARGET_OFFSET", "NOT_REPLICATED"

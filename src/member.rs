@@ -18,6 +18,7 @@ use crate::admin::{AdminError, ClusterAdmin};
 use crate::checkpoint::{CheckpointStore, Checkpointer, FileStore, StoreError};
 use crate::config::{Config, ConfigError, ConfigProblem, Delivery, Naming, StoreKind, ThrottleConfig};
 use crate::discovery::{Discovered, Discovery, FlowTopics};
+use crate::group_sync::GroupSync;
 use crate::http::{self, HttpError, HttpState, Status};
 use crate::kafka::ClientError;
 use crate::lag::{self, LagGauges};
@@ -139,6 +140,15 @@ impl Member {
                 "status"
             });
         }
+        let config = Arc::new(config);
+        for flow in config.flows.iter().filter(|flow| flow.sync_group_offsets.enabled) {
+            let sync = GroupSync::new(config.clone(), flow.clone(), registry.clone(), store.clone())?;
+            let (interval, work) = (flow.sync_group_offsets.interval.as_std(), work.clone());
+            components.spawn(async move {
+                sync.run(interval, work).await;
+                "group offset sync"
+            });
+        }
         let supervisor = Supervisor::new(flows, registry.clone(), metrics.clone(), DRAIN_TIMEOUT);
         let supervisor_done = CancellationToken::new();
         let supervisor_handle = {
@@ -204,12 +214,6 @@ pub fn unsupported(config: &Config) -> Result<(), ConfigError> {
             problems.push(ConfigProblem::new(
                 format!("flows[{index}].delivery"),
                 "exactly-once is not implemented in this version yet; use `at-least-once`",
-            ));
-        }
-        if flow.sync_group_offsets.enabled {
-            problems.push(ConfigProblem::new(
-                format!("flows[{index}].sync_group_offsets.enabled"),
-                "group offset sync is not implemented in this version yet",
             ));
         }
         if flow.emit_mm2_checkpoints {

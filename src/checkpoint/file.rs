@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Checkpoint, CheckpointStore, StoreError, TaskKey};
+use super::{Checkpoint, CheckpointStore, GroupOffsets, StoreError, TaskKey};
 
 /// Checkpoints in `<dir>/<flow>.json`.
 #[derive(Debug)]
@@ -74,7 +74,6 @@ impl FileStore {
     }
 
     fn write_flow(&self, flow: &str, tasks: &BTreeMap<TaskKey, Checkpoint>) -> Result<(), StoreError> {
-        let path = self.flow_path(flow);
         let file = FlowFile {
             version: FORMAT_VERSION,
             tasks: tasks
@@ -86,17 +85,35 @@ impl FileStore {
                 })
                 .collect(),
         };
-        let bytes = serde_json::to_vec(&file).map_err(|error| StoreError::Corrupt {
+        self.replace_file(&format!("{flow}.json"), &file)
+    }
+
+    /// Replaces `<dir>/<name>` with `value` as JSON: temporary file, fsync, rename, directory fsync.
+    fn replace_file(&self, name: &str, value: &impl Serialize) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        let bytes = serde_json::to_vec(value).map_err(|error| StoreError::Corrupt {
             location: path.display().to_string(),
             message: error.to_string(),
         })?;
-        let temporary = self.dir.join(format!(".{flow}.json.tmp"));
+        let temporary = self.dir.join(format!(".{name}.tmp"));
         let mut out = std::fs::File::create(&temporary).map_err(|source| io_error(&temporary, source))?;
         out.write_all(&bytes).and_then(|()| out.sync_all()).map_err(|source| io_error(&temporary, source))?;
         drop(out);
         std::fs::rename(&temporary, &path).map_err(|source| io_error(&path, source))?;
         // The rename itself is only durable once the directory entry is synced.
         std::fs::File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(|source| io_error(&self.dir, source))
+    }
+
+    fn read_groups(&self, flow: &str) -> Result<BTreeMap<String, GroupOffsets>, StoreError> {
+        let path = self.dir.join(format!("{flow}.groups.json"));
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
+                location: path.display().to_string(),
+                message: error.to_string(),
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(io_error(&path, source)),
+        }
     }
 }
 
@@ -111,6 +128,20 @@ impl CheckpointStore for FileStore {
         let tasks = tokio::task::block_in_place(|| self.read_flow(flow))?;
         flows.insert(flow.to_owned(), tasks.clone());
         Ok(tasks)
+    }
+
+    async fn load_group_offsets(&self, flow: &str) -> Result<BTreeMap<String, GroupOffsets>, StoreError> {
+        let _guard = self.flows.lock().await;
+        tokio::task::block_in_place(|| self.read_groups(flow))
+    }
+
+    async fn save_group_offsets(&self, flow: &str, group: &str, offsets: &GroupOffsets) -> Result<(), StoreError> {
+        let _guard = self.flows.lock().await;
+        tokio::task::block_in_place(|| {
+            let mut groups = self.read_groups(flow)?;
+            groups.insert(group.to_owned(), offsets.clone());
+            self.replace_file(&format!("{flow}.groups.json"), &groups)
+        })
     }
 
     async fn save(&self, flow: &str, batch: &[(TaskKey, Checkpoint)]) -> Result<(), StoreError> {

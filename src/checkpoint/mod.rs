@@ -64,6 +64,36 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
 
     /// Stores a batch of checkpoints of one flow atomically: all or none.
     async fn save(&self, flow: &str, batch: &[(TaskKey, Checkpoint)]) -> Result<(), StoreError>;
+
+    /// The consumer group offsets last synced for `flow`, by group.
+    async fn load_group_offsets(&self, flow: &str) -> Result<BTreeMap<String, GroupOffsets>, StoreError>;
+
+    /// Replaces the synced offsets of one group of `flow`.
+    async fn save_group_offsets(&self, flow: &str, group: &str, offsets: &GroupOffsets) -> Result<(), StoreError>;
+}
+
+/// A consumer group's offsets as last synced: where it was on the source and where that is on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffsets {
+    /// When the source offsets were read, milliseconds since the Unix epoch.
+    pub synced_at_ms: i64,
+    /// Per partition.
+    pub partitions: Vec<SyncedOffset>,
+}
+
+/// One partition of a synced group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedOffset {
+    /// Source topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The group's committed offset on the source.
+    pub source_offset: i64,
+    /// Its translation on the target.
+    pub target_offset: i64,
+    /// Source records before it the target did not have yet.
+    pub not_yet_replicated: i64,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -3,6 +3,7 @@
 mod common;
 mod failover;
 mod fidelity;
+mod group_sync;
 mod oversize;
 mod restart;
 mod runtime_topics;

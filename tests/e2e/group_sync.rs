@@ -1,0 +1,114 @@
+//! Continuous group offset sync: source groups' offsets appear, translated, in the inactive target groups; a target
+//! group is not moved backwards unless the source group rewound; with the source cluster gone, failover uses the
+//! last synced offsets and says how old they are.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::common::*;
+
+fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets.iter().enumerate() {
+        list.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let list = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    let offsets = list
+        .elements()
+        .iter()
+        .map(|element| match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        })
+        .collect();
+    drop(list);
+    offsets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
+    let env = env();
+    let source = KafkaNode::new(&env);
+    source.start();
+    let topic = unique("groups");
+    let flow = unique("gs");
+    let prefix = unique("app");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&source.bootstrap(), &topic, 2, &[]).await;
+    let producer = producer(&source.bootstrap());
+    for partition in 0..2 {
+        let records: Vec<Record> = (0..100).map(|seq| Record::numbered(&topic, partition, seq)).collect();
+        produce(&producer, &topic, partition, &records).await;
+    }
+    let sync = format!("    sync_group_offsets: {{ enabled: true, include: ['{prefix}-.*'], interval: 1s }}\n");
+    let config_text = config(&env, state.path(), &flow, &topic, &sync).replace(&env.source, &source.bootstrap());
+    let _ferry = Ferry::start(state.path(), &config_text);
+    let target_topic = format!("src.{topic}");
+    wait_for("replication", Duration::from_secs(60), || {
+        ((0..2).all(|p| end_offset(&env.target, &target_topic, p) == 100)).then_some(())
+    })
+    .await;
+
+    let group = format!("{prefix}-billing");
+    commit(&source.bootstrap(), &group, &topic, &[40, 70]);
+    wait_for("the group synced to the target", Duration::from_secs(30), || {
+        (committed(&env.target, &group, &target_topic, 2) == [Some(40), Some(70)]).then_some(())
+    })
+    .await;
+    let ignored = unique("other");
+    commit(&source.bootstrap(), &ignored, &topic, &[1, 1]);
+
+    // A consumer on the target moved the group further, then stopped: the sync must not pull it back.
+    commit(&env.target, &group, &target_topic, &[90, 70]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(committed(&env.target, &group, &target_topic, 2), [Some(90), Some(70)], "moved backwards");
+    assert_eq!(committed(&env.target, &ignored, &target_topic, 2), [None, None], "a group outside the include list");
+    // The source group itself rewinds: that is followed.
+    commit(&source.bootstrap(), &group, &topic, &[10, 70]);
+    wait_for("the rewind synced", Duration::from_secs(30), || {
+        (committed(&env.target, &group, &target_topic, 2) == [Some(10), Some(70)]).then_some(())
+    })
+    .await;
+
+    // The source region is lost: failover uses the synced offsets and says how old they are.
+    let failed_over = format!("{prefix}-reports");
+    commit(&source.bootstrap(), &failed_over, &topic, &[55, 66]);
+    wait_for("the second group synced", Duration::from_secs(30), || {
+        (committed(&env.target, &failed_over, &target_topic, 2) == [Some(55), Some(66)]).then_some(())
+    })
+    .await;
+    source.stop();
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["failover", "--dry-run", "--config"])
+        .arg(state.path().join("ferry.yaml"))
+        .args(["--flow", &flow, "--group", &failed_over])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("source cluster unreachable: using the group offsets ferry synced"), "{stdout}");
+    let rows: Vec<Vec<&str>> =
+        stdout.lines().filter(|line| line.starts_with(&topic)).map(|line| line.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert_eq!(rows[0][2..4], ["55", "55"], "{stdout}");
+    assert_eq!(rows[1][2..4], ["66", "66"], "{stdout}");
+}
