@@ -158,7 +158,8 @@ async fn serve_main_queue(consumer: Arc<StreamConsumer<SourceContext>>, alias: S
                 offset = message.offset(),
                 "record of an unassigned partition ignored"
             ),
-            Err(error) => warn!(cluster = alias.as_str(), %error, "source consumer error"),
+            // The client context's error callback has already logged and counted it.
+            Err(error) => debug!(cluster = alias.as_str(), %error, "source consumer error"),
         }
     }
 }
