@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -468,4 +468,40 @@ impl Drop for KafkaNode {
             let _ = Command::new(repo_root().join("scripts/kafka-node")).arg("stop").arg(self.dir.path()).status();
         }
     }
+}
+
+/// Commits `offsets` (by partition number) for `group` without joining it.
+pub fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets.iter().enumerate() {
+        list.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+/// The committed offsets of `group` for partitions `0..partitions` (`None` where it has none).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let list = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    let offsets = list
+        .elements()
+        .iter()
+        .map(|element| match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        })
+        .collect();
+    drop(list);
+    offsets
 }

@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 
 use crate::common::*;
 
@@ -21,35 +21,11 @@ fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer = group_consumer(bootstrap, group);
-    let mut wanted = TopicPartitionList::new();
-    for partition in 0..partitions {
-        wanted.add_partition(topic, partition);
-    }
-    let offsets = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
-    let result = offsets
-        .elements()
-        .iter()
-        .map(|element| match element.offset() {
-            Offset::Offset(offset) => offset,
-            other => panic!("no committed offset: {other:?}"),
-        })
-        .collect();
-    drop(offsets);
-    result
-}
-
 /// Commits `positions` for `group` on the source, runs `ferry failover`, and checks that reading the target from the
 /// translated offsets yields exactly the source's records at or after each position.
 async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &str, topic: &str, positions: &[i64]) {
     let group = unique("group");
-    let mut commit = TopicPartitionList::new();
-    for (partition, offset) in positions.iter().enumerate() {
-        commit.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).unwrap();
-    }
-    group_consumer(&env.source, &group).commit(&commit, CommitMode::Sync).unwrap();
-    drop(commit);
+    commit(&env.source, &group, topic, positions);
     let done = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["failover", "--config"])
         .arg(state.join("ferry.yaml"))
@@ -59,7 +35,8 @@ async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &st
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "{stdout}{}", String::from_utf8_lossy(&done.stderr));
     let target_topic = format!("src.{topic}");
-    let translated = committed(&env.target, &group, &target_topic, positions.len() as i32);
+    let translated: Vec<i64> =
+        committed(&env.target, &group, &target_topic, positions.len() as i32).into_iter().map(Option::unwrap).collect();
     for (partition, position) in positions.iter().enumerate() {
         let resumed: Vec<Record> = read_partition(&env.target, &target_topic, partition as i32)
             .into_iter()
@@ -219,11 +196,7 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
 
     // The group read (and committed) an uneven part of each partition on the source.
     let positions = [57_i64, 123, 299];
-    let mut commit = TopicPartitionList::new();
-    for (partition, offset) in positions.iter().enumerate() {
-        commit.add_partition_offset(&topic, partition as i32, Offset::Offset(*offset)).unwrap();
-    }
-    group_consumer(&env.source, &group).commit(&commit, CommitMode::Sync).unwrap();
+    commit(&env.source, &group, &topic, &positions);
 
     // `ferry translate` shows the same translation as JSON (delta 0 here: ferry created the target topic).
     let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -270,7 +243,8 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "{stdout}{}", String::from_utf8_lossy(&done.stderr));
     assert!(stdout.contains("committed 3 offsets"), "{stdout}");
-    let translated = committed(&env.target, &group, &target_topic, PARTITIONS);
+    let translated: Vec<i64> =
+        committed(&env.target, &group, &target_topic, PARTITIONS).into_iter().map(Option::unwrap).collect();
     for partition in 0..PARTITIONS as usize {
         let resumed: Vec<Record> = read_partition(&env.target, &target_topic, partition as i32)
             .into_iter()
@@ -289,10 +263,7 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
         (PER_PARTITION as u64..PER_PARTITION as u64 + 50).map(|seq| Record::numbered(&topic, 0, seq)).collect();
     produce(&producer, &topic, 0, &more).await;
     let ahead = unique("ahead");
-    let mut commit = TopicPartitionList::new();
-    commit.add_partition_offset(&topic, 0, Offset::Offset(PER_PARTITION + 50)).unwrap();
-    group_consumer(&env.source, &ahead).commit(&commit, CommitMode::Sync).unwrap();
-    drop(commit);
+    commit(&env.source, &ahead, &topic, &[PER_PARTITION + 50]);
     let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["translate", "--format", "json", "--config"])
         .arg(&config_path)

@@ -5,44 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
 use crate::common::*;
-
-fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for (partition, offset) in offsets.iter().enumerate() {
-        list.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).unwrap();
-    }
-    consumer.commit(&list, CommitMode::Sync).unwrap();
-}
-
-fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
-    let mut wanted = TopicPartitionList::new();
-    for partition in 0..partitions {
-        wanted.add_partition(topic, partition);
-    }
-    let list = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
-    let offsets = list
-        .elements()
-        .iter()
-        .map(|element| match element.offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        })
-        .collect();
-    drop(list);
-    offsets
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
