@@ -22,6 +22,33 @@ use crate::naming::TopicNaming;
 use crate::progress::Registry;
 use crate::translate::translate;
 
+/// MirrorMaker 2's checkpoint record for one group partition (its `Checkpoint` class, format version 0): the key
+/// is (group, topic, partition), the value (version, upstream offset, downstream offset, metadata), in Kafka's
+/// protocol encoding (big-endian integers, strings with an int16 length). `topic` is the target topic name.
+pub fn mm2_checkpoint_record(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    upstream: i64,
+    downstream: i64,
+) -> (Vec<u8>, Vec<u8>) {
+    fn string(out: &mut Vec<u8>, value: &str) {
+        let length = i16::try_from(value.len()).unwrap_or(i16::MAX);
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(&value.as_bytes()[..length as usize]);
+    }
+    let mut key = Vec::with_capacity(8 + group.len() + topic.len());
+    string(&mut key, group);
+    string(&mut key, topic);
+    key.extend_from_slice(&partition.to_be_bytes());
+    let mut value = Vec::with_capacity(20);
+    value.extend_from_slice(&0_i16.to_be_bytes());
+    value.extend_from_slice(&upstream.to_be_bytes());
+    value.extend_from_slice(&downstream.to_be_bytes());
+    string(&mut value, "");
+    (key, value)
+}
+
 /// Group names that are never synced: tooling and replicators (MirrorMaker 2 skips the same).
 fn is_tooling_group(group: &str) -> bool {
     group.starts_with("console-consumer-")
@@ -40,6 +67,16 @@ pub struct GroupSync {
     store: Arc<dyn CheckpointStore>,
     /// Source offsets synced last time, to tell a source rewind from a stale target.
     last_source: BTreeMap<(String, String, i32), i64>,
+    /// Producer and admin client for MM2-compatible checkpoints, when the flow emits them.
+    mm2: Option<Mm2Checkpoints>,
+}
+
+/// Writes MM2-compatible checkpoint records to `<source alias>.checkpoints.internal` on the target.
+struct Mm2Checkpoints {
+    topic: String,
+    producer: rdkafka::producer::FutureProducer<ClusterContext>,
+    admin: crate::admin::ClusterAdmin,
+    topic_ready: bool,
 }
 
 impl GroupSync {
@@ -52,7 +89,37 @@ impl GroupSync {
     ) -> Result<Self, crate::config::ConfigError> {
         let filter = flow.group_filter()?;
         let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
-        Ok(Self { config, flow, filter, naming, registry, store, last_source: BTreeMap::new() })
+        let mm2 = if flow.emit_mm2_checkpoints {
+            let metrics = crate::metrics::Metrics::new(false);
+            let target = &config.clusters[&flow.target];
+            let producer = crate::kafka::client_config(&flow.target, target, crate::kafka::Role::Producer)
+                .and_then(|client| {
+                    client
+                        .create_with_context(ClusterContext::new(&flow.target, &metrics))
+                        .map_err(|source| crate::kafka::ClientError::Create { cluster: flow.target.clone(), source })
+                })
+                .map_err(|error| {
+                    crate::config::ConfigError::Invalid(vec![crate::config::ConfigProblem::new(
+                        format!("clusters.{}", flow.target),
+                        error.to_string(),
+                    )])
+                })?;
+            let admin = crate::admin::ClusterAdmin::new(&flow.target, target, &metrics).map_err(|error| {
+                crate::config::ConfigError::Invalid(vec![crate::config::ConfigProblem::new(
+                    format!("clusters.{}", flow.target),
+                    error.to_string(),
+                )])
+            })?;
+            Some(Mm2Checkpoints {
+                topic: format!("{}.checkpoints.internal", flow.source),
+                producer,
+                admin,
+                topic_ready: false,
+            })
+        } else {
+            None
+        };
+        Ok(Self { config, flow, filter, naming, registry, store, last_source: BTreeMap::new(), mm2 })
     }
 
     /// Syncs every `interval` until `shutdown`.
@@ -122,7 +189,15 @@ impl GroupSync {
         if let Err(error) = self.store.save_group_offsets(&self.flow.name, group, &synced).await {
             warn!(flow = self.flow.name.as_str(), group, %error, "cannot store synced group offsets");
         }
-        self.commit_on_target(group, &synced)
+        if let Some(mm2) = &mut self.mm2 {
+            if let Err(error) = mm2.emit(group, &synced, &self.naming).await {
+                warn!(flow = self.flow.name.as_str(), group, %error, "cannot write MM2-compatible checkpoints");
+            }
+        }
+        if self.flow.sync_group_offsets.enabled {
+            self.commit_on_target(group, &synced)?;
+        }
+        Ok(())
     }
 
     fn commit_on_target(&mut self, group: &str, synced: &GroupOffsets) -> Result<(), crate::failover::FailoverError> {
@@ -169,6 +244,33 @@ impl GroupSync {
     }
 }
 
+impl Mm2Checkpoints {
+    async fn emit(&mut self, group: &str, synced: &GroupOffsets, naming: &TopicNaming) -> Result<(), String> {
+        if !self.topic_ready {
+            let compact = BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]);
+            self.admin.create_topic(&self.topic, 1, &compact).await.map_err(|e| e.to_string())?;
+            self.topic_ready = true;
+        }
+        let mut deliveries = Vec::with_capacity(synced.partitions.len());
+        for offset in &synced.partitions {
+            let target_topic = naming.remote_topic(&offset.topic);
+            let (key, value) = mm2_checkpoint_record(
+                group,
+                &target_topic,
+                offset.partition,
+                offset.source_offset,
+                offset.target_offset,
+            );
+            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value);
+            deliveries.push(self.producer.send_result(record).map_err(|(error, _)| error.to_string())?);
+        }
+        for delivery in deliveries {
+            delivery.await.map_err(|_| "producer shut down".to_owned())?.map_err(|(error, _)| error.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// The group's committed offsets on the target for the synced partitions.
 fn target_committed(
     target: &BaseConsumer<ClusterContext>,
@@ -203,5 +305,17 @@ fn kafka_error(
         group: group.to_owned(),
         cluster: cluster.to_owned(),
         source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mm2_checkpoint_records_use_kafkas_protocol_encoding() {
+        let (key, value) = mm2_checkpoint_record("g", "us-east.t", 3, 100, 90);
+        assert_eq!(key, [&[0, 1][..], b"g", &[0, 9], b"us-east.t", &[0, 0, 0, 3]].concat());
+        assert_eq!(value, [&[0, 0][..], &100_i64.to_be_bytes(), &90_i64.to_be_bytes(), &[0, 0]].concat());
     }
 }

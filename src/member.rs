@@ -141,7 +141,7 @@ impl Member {
             });
         }
         let config = Arc::new(config);
-        for flow in config.flows.iter().filter(|flow| flow.sync_group_offsets.enabled) {
+        for flow in config.flows.iter().filter(|flow| flow.sync_group_offsets.enabled || flow.emit_mm2_checkpoints) {
             let sync = GroupSync::new(config.clone(), flow.clone(), registry.clone(), store.clone())?;
             let (interval, work) = (flow.sync_group_offsets.interval.as_std(), work.clone());
             components.spawn(async move {
@@ -214,12 +214,6 @@ pub fn unsupported(config: &Config) -> Result<(), ConfigError> {
             problems.push(ConfigProblem::new(
                 format!("flows[{index}].delivery"),
                 "exactly-once is not implemented in this version yet; use `at-least-once`",
-            ));
-        }
-        if flow.emit_mm2_checkpoints {
-            problems.push(ConfigProblem::new(
-                format!("flows[{index}].emit_mm2_checkpoints"),
-                "MM2-compatible checkpoints are not implemented in this version yet",
             ));
         }
     }

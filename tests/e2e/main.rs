@@ -4,6 +4,7 @@ mod common;
 mod failover;
 mod fidelity;
 mod group_sync;
+mod mm2_checkpoints;
 mod oversize;
 mod restart;
 mod runtime_topics;
