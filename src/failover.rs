@@ -78,6 +78,8 @@ pub struct PartitionOffsets {
     pub target_offset: Option<i64>,
     /// Source records before the committed offset that the target does not have yet.
     pub not_yet_replicated: i64,
+    /// Records the group may see again (thinned-out sync points), at most.
+    pub may_redeliver: i64,
     /// Why there is no translation, if there is none.
     pub note: Option<String>,
 }
@@ -126,10 +128,12 @@ pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> R
         let Offset::Offset(source_offset) = element.offset() else { continue };
         let key = crate::checkpoint::TaskKey { topic: element.topic().to_owned(), partition: element.partition() };
         let position = &checkpoints[&key].position;
-        let (target_offset, not_yet_replicated, note) = match translate(position, source_offset) {
-            Ok(translation) => (Some(translation.target_offset), translation.not_yet_replicated, None),
+        let (target_offset, not_yet_replicated, may_redeliver, note) = match translate(position, source_offset) {
+            Ok(translation) => {
+                (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, None)
+            }
             Err(error @ TranslateError::BeforeHistory { .. }) | Err(error @ TranslateError::NothingReplicated) => {
-                (None, 0, Some(error.to_string()))
+                (None, 0, 0, Some(error.to_string()))
             }
         };
         rows.push(PartitionOffsets {
@@ -139,6 +143,7 @@ pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> R
             target_topic: naming.remote_topic(&key.topic),
             target_offset,
             not_yet_replicated,
+            may_redeliver,
             note,
         });
     }
@@ -174,6 +179,7 @@ async fn synced_translation(
             source_offset: offset.source_offset,
             target_offset: Some(offset.target_offset),
             not_yet_replicated: offset.not_yet_replicated,
+            may_redeliver: offset.may_redeliver,
             note: None,
         })
         .collect();

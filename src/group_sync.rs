@@ -179,6 +179,7 @@ impl GroupSync {
                 source_offset,
                 target_offset: translation.target_offset,
                 not_yet_replicated: translation.not_yet_replicated,
+                may_redeliver: translation.may_redeliver,
             });
         }
         drop(committed);

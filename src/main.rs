@@ -197,8 +197,8 @@ fn print_offsets(translation: &GroupTranslation) {
     for row in rows {
         let target = row.target_offset.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
         print!(
-            "{:<32} {:>9} {:>13} {:>13} {:>15}",
-            row.topic, row.partition, row.source_offset, target, row.not_yet_replicated
+            "{:<32} {:>9} {:>13} {:>13} {:>15} {:>14}",
+            row.topic, row.partition, row.source_offset, target, row.not_yet_replicated, row.may_redeliver
         );
         match &row.note {
             Some(note) => println!("  ({note})"),

@@ -9,8 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// How many sync points a task keeps; older ones are dropped first.
+/// How many sync points a task keeps at most.
 pub const MAX_SYNC_POINTS: usize = 256;
+/// How many of the newest sync points are always kept exactly (the dense window): groups positioned in the runs
+/// they start translate exactly. When the limit is reached, every other older point is dropped (the sparse part
+/// halves), and the point before each dropped one is marked coarse.
+pub const DENSE_SYNC_POINTS: usize = 128;
 
 /// One source topic-partition of one flow: the unit of assignment, checkpointing and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +47,17 @@ pub struct SyncPoint {
     pub source: i64,
     /// Target offset that record landed on.
     pub target: i64,
+    /// Whether sync points after this one were dropped to bound storage: up to the next point the mapping is no
+    /// longer known to be one run, so translation there is conservative.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coarse: bool,
+}
+
+impl SyncPoint {
+    /// An exact sync point.
+    pub fn new(source: i64, target: i64) -> Self {
+        Self { source, target, coarse: false }
+    }
 }
 
 /// A task's durable progress.
@@ -67,9 +82,9 @@ impl Position {
         let continues_run = self.sync_points.last().is_some_and(|last| last.target - last.source == target - source);
         if !continues_run {
             if self.sync_points.len() == MAX_SYNC_POINTS {
-                self.sync_points.remove(0);
+                thin(&mut self.sync_points);
             }
-            self.sync_points.push(SyncPoint { source, target });
+            self.sync_points.push(SyncPoint::new(source, target));
         }
         self.next_source_offset = self.next_source_offset.max(source + 1);
         self.next_target_offset = Some(self.next_target_offset.map_or(target + 1, |next| next.max(target + 1)));
@@ -79,6 +94,24 @@ impl Position {
     pub fn skipped(&mut self, source: i64) {
         self.next_source_offset = self.next_source_offset.max(source + 1);
     }
+}
+
+/// Halves the sparse (older) part of `points`, keeping its first point and the dense window intact.
+fn thin(points: &mut Vec<SyncPoint>) {
+    let sparse = points.len().saturating_sub(DENSE_SYNC_POINTS);
+    let mut kept = Vec::with_capacity(points.len());
+    for (index, point) in points.drain(..).enumerate() {
+        if index < sparse && index % 2 == 1 {
+            // Dropped: the point kept before it now spans an interval of unknown shape.
+            if let Some(previous) = kept.last_mut() {
+                let previous: &mut SyncPoint = previous;
+                previous.coarse = true;
+            }
+        } else {
+            kept.push(point);
+        }
+    }
+    *points = kept;
 }
 
 /// Why a task is not replicating right now, if it is not.
@@ -272,10 +305,7 @@ mod tests {
         for offset in 15..25 {
             position.acknowledged(offset, offset - 5);
         }
-        assert_eq!(
-            position.sync_points,
-            vec![SyncPoint { source: 0, target: 0 }, SyncPoint { source: 15, target: 10 }]
-        );
+        assert_eq!(position.sync_points, vec![SyncPoint::new(0, 0), SyncPoint::new(15, 10)]);
         assert_eq!(position.next_source_offset, 25);
         assert_eq!(position.next_target_offset, Some(20));
     }
@@ -291,22 +321,25 @@ mod tests {
         position.acknowledged(3, 101);
         assert_eq!(
             position.sync_points,
-            vec![SyncPoint { source: 0, target: 100 }, SyncPoint { source: 3, target: 101 }],
+            vec![SyncPoint::new(0, 100), SyncPoint::new(3, 101)],
             "a skipped record changes target - source, so the next run needs its own sync point"
         );
     }
 
     #[test]
-    fn sync_points_are_bounded() {
+    fn sync_points_are_bounded_dense_recent_and_sparse_older() {
         let mut position = Position::starting_at(0);
-        for run in 0..(MAX_SYNC_POINTS as i64 + 10) {
+        let runs = 3 * MAX_SYNC_POINTS as i64;
+        for run in 0..runs {
             position.acknowledged(run * 2, run);
         }
-        assert_eq!(position.sync_points.len(), MAX_SYNC_POINTS);
-        assert_eq!(
-            position.sync_points.last(),
-            Some(&SyncPoint { source: (MAX_SYNC_POINTS as i64 + 9) * 2, target: MAX_SYNC_POINTS as i64 + 9 })
-        );
+        let points = &position.sync_points;
+        assert!(points.len() <= MAX_SYNC_POINTS);
+        assert_eq!(points.first(), Some(&SyncPoint { source: 0, target: 0, coarse: true }), "the oldest is kept");
+        assert_eq!(points.last(), Some(&SyncPoint::new((runs - 1) * 2, runs - 1)));
+        let dense = &points[points.len() - DENSE_SYNC_POINTS + 1..];
+        assert!(dense.iter().all(|point| !point.coarse), "the newest points are exact");
+        assert!(dense.windows(2).all(|pair| pair[1].target == pair[0].target + 1), "no gap in the dense window");
     }
 
     #[test]

@@ -479,7 +479,7 @@ mod tests {
         let position = progress.position();
         assert_eq!(position.next_source_offset, 200);
         assert_eq!(position.next_target_offset, Some(200));
-        assert_eq!(position.sync_points, vec![SyncPoint { source: 0, target: 0 }]);
+        assert_eq!(position.sync_points, vec![SyncPoint::new(0, 0)]);
         assert_eq!(metrics.task("flow", "orders", 0).records.get(), 200);
     }
 }

@@ -94,6 +94,9 @@ pub struct SyncedOffset {
     pub target_offset: i64,
     /// Source records before it the target did not have yet.
     pub not_yet_replicated: i64,
+    /// Records a group resuming there may see again (thinned-out sync points), at most.
+    #[serde(default)]
+    pub may_redeliver: i64,
 }
 
 /// Milliseconds since the Unix epoch, now.
