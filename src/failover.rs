@@ -169,7 +169,7 @@ async fn synced_translation(
             source: Box::new(source_error),
         });
     };
-    let rows = synced
+    let mut rows: Vec<PartitionOffsets> = synced
         .partitions
         .into_iter()
         .map(|offset| PartitionOffsets {
@@ -183,6 +183,7 @@ async fn synced_translation(
             note: None,
         })
         .collect();
+    rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(GroupTranslation { rows, synced_at_ms: Some(synced.synced_at_ms) })
 }
 
