@@ -42,6 +42,9 @@ pub enum FailoverError {
         /// librdkafka's error.
         source: Box<KafkaError>,
     },
+    /// An admin client could not be built or used.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// The group still has consumers on the target.
     #[error("group {group} has {members} active member(s) on cluster {cluster}; stop them first or pass --force")]
     ActiveMembers {
@@ -84,6 +87,13 @@ pub struct PartitionOffsets {
     pub note: Option<String>,
 }
 
+impl FailoverError {
+    /// A failed request about `group` to cluster `cluster`.
+    pub(crate) fn kafka(what: &'static str, group: &str, cluster: &str, source: KafkaError) -> Self {
+        FailoverError::Kafka { what, group: group.to_owned(), cluster: cluster.to_owned(), source: Box::new(source) }
+    }
+}
+
 fn flow<'a>(config: &'a Config, name: &str) -> Result<&'a FlowConfig, ConfigError> {
     config.flows.iter().find(|flow| flow.name == name).ok_or_else(|| {
         let known: Vec<&str> = config.flows.iter().map(|flow| flow.name.as_str()).collect();
@@ -94,17 +104,31 @@ fn flow<'a>(config: &'a Config, name: &str) -> Result<&'a FlowConfig, ConfigErro
     })
 }
 
+/// A client that reads and commits `group`'s offsets on cluster `alias` without joining the group; its errors are
+/// counted in `metrics`.
 pub(crate) fn group_client(
     config: &Config,
     alias: &str,
     group: &str,
+    metrics: &Metrics,
 ) -> Result<BaseConsumer<ClusterContext>, FailoverError> {
     let mut client = client_config(alias, &config.clusters[alias], Role::Admin)?;
     client.set("group.id", group).set("enable.auto.commit", "false");
-    let metrics = Metrics::new(false);
     Ok(client
-        .create_with_context(ClusterContext::new(alias, &metrics))
+        .create_with_context(ClusterContext::new(alias, metrics))
         .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?)
+}
+
+/// How many members `group` has on the cluster `client` talks to.
+pub(crate) fn active_members(
+    client: &BaseConsumer<ClusterContext>,
+    group: &str,
+    cluster: &str,
+) -> Result<usize, FailoverError> {
+    let groups = client
+        .fetch_group_list(Some(group), REQUEST_TIMEOUT)
+        .map_err(|e| FailoverError::kafka("describe the group", group, cluster, e))?;
+    Ok(groups.groups().iter().map(|g| g.members().len()).sum())
 }
 
 /// Translates the committed source offsets of `group` for every partition the flow replicates.
@@ -117,7 +141,8 @@ pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> R
     for key in checkpoints.keys() {
         wanted.add_partition(&key.topic, key.partition);
     }
-    let source = group_client(config, &flow.source, group)?;
+    // A one-shot command: its client errors are logged; there is no scrape to count them for.
+    let source = group_client(config, &flow.source, group, &Metrics::new(false))?;
     let committed = match tokio::task::block_in_place(|| source.committed_offsets(wanted, REQUEST_TIMEOUT)) {
         Ok(committed) => committed,
         // The real disaster: the source is gone. The continuous sync kept the group's last translation.
@@ -162,12 +187,12 @@ async fn synced_translation(
     source_error: KafkaError,
 ) -> Result<GroupTranslation, FailoverError> {
     let Some(synced) = store.load_group_offsets(&flow.name).await?.remove(group) else {
-        return Err(FailoverError::Kafka {
-            what: "read committed offsets (and no synced offsets are stored)",
-            group: group.to_owned(),
-            cluster: flow.source.clone(),
-            source: Box::new(source_error),
-        });
+        return Err(FailoverError::kafka(
+            "read committed offsets (and no synced offsets are stored)",
+            group,
+            &flow.source,
+            source_error,
+        ));
     };
     let mut rows: Vec<PartitionOffsets> = synced
         .partitions
@@ -196,17 +221,9 @@ pub fn commit_on_target(
     force: bool,
 ) -> Result<usize, FailoverError> {
     let flow = flow(config, flow_name)?;
-    let target = group_client(config, &flow.target, group)?;
-    let kafka_error = |what| {
-        move |source| FailoverError::Kafka {
-            what,
-            group: group.to_owned(),
-            cluster: flow.target.clone(),
-            source: Box::new(source),
-        }
-    };
-    let groups = target.fetch_group_list(Some(group), REQUEST_TIMEOUT).map_err(kafka_error("describe the group"))?;
-    let members = groups.groups().iter().map(|g| g.members().len()).sum::<usize>();
+    let target = group_client(config, &flow.target, group, &Metrics::new(false))?;
+    let kafka_error = |what| move |source| FailoverError::kafka(what, group, &flow.target, source);
+    let members = active_members(&target, group, &flow.target)?;
     if members > 0 && !force {
         return Err(FailoverError::ActiveMembers { group: group.to_owned(), cluster: flow.target.clone(), members });
     }

@@ -14,12 +14,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admin::ClusterAdmin;
 use crate::checkpoint::{now_ms, CheckpointStore, GroupOffsets, SyncedOffset};
 use crate::config::{Config, FlowConfig, TopicFilter};
-use crate::failover::group_client;
+use crate::failover::{active_members, group_client, FailoverError};
 use crate::kafka::{ClusterContext, REQUEST_TIMEOUT};
+use crate::metrics::Metrics;
 use crate::naming::TopicNaming;
 use crate::progress::Registry;
+use crate::target::TargetProducer;
 use crate::translate::translate;
 
 /// MirrorMaker 2's checkpoint record for one group partition (its `Checkpoint` class, format version 0): the key
@@ -69,13 +72,15 @@ pub struct GroupSync {
     last_source: BTreeMap<(String, String, i32), i64>,
     /// Producer and admin client for MM2-compatible checkpoints, when the flow emits them.
     mm2: Option<Mm2Checkpoints>,
+    /// The member's metrics, where the group clients count their errors.
+    metrics: Metrics,
 }
 
 /// Writes MM2-compatible checkpoint records to `<source alias>.checkpoints.internal` on the target.
 struct Mm2Checkpoints {
     topic: String,
-    producer: rdkafka::producer::FutureProducer<ClusterContext>,
-    admin: crate::admin::ClusterAdmin,
+    producer: TargetProducer,
+    admin: ClusterAdmin,
     topic_ready: bool,
 }
 
@@ -86,40 +91,22 @@ impl GroupSync {
         flow: FlowConfig,
         registry: Arc<Registry>,
         store: Arc<dyn CheckpointStore>,
-    ) -> Result<Self, crate::config::ConfigError> {
+        metrics: Metrics,
+    ) -> Result<Self, FailoverError> {
         let filter = flow.group_filter()?;
         let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
         let mm2 = if flow.emit_mm2_checkpoints {
-            let metrics = crate::metrics::Metrics::new(false);
             let target = &config.clusters[&flow.target];
-            let producer = crate::kafka::client_config(&flow.target, target, crate::kafka::Role::Producer)
-                .and_then(|client| {
-                    client
-                        .create_with_context(ClusterContext::new(&flow.target, &metrics))
-                        .map_err(|source| crate::kafka::ClientError::Create { cluster: flow.target.clone(), source })
-                })
-                .map_err(|error| {
-                    crate::config::ConfigError::Invalid(vec![crate::config::ConfigProblem::new(
-                        format!("clusters.{}", flow.target),
-                        error.to_string(),
-                    )])
-                })?;
-            let admin = crate::admin::ClusterAdmin::new(&flow.target, target, &metrics).map_err(|error| {
-                crate::config::ConfigError::Invalid(vec![crate::config::ConfigProblem::new(
-                    format!("clusters.{}", flow.target),
-                    error.to_string(),
-                )])
-            })?;
             Some(Mm2Checkpoints {
                 topic: format!("{}.checkpoints.internal", flow.source),
-                producer,
-                admin,
+                producer: TargetProducer::new(&flow.target, target, &metrics)?,
+                admin: ClusterAdmin::new(&flow.target, target, &metrics)?,
                 topic_ready: false,
             })
         } else {
             None
         };
-        Ok(Self { config, flow, filter, naming, registry, store, last_source: BTreeMap::new(), mm2 })
+        Ok(Self { config, flow, filter, naming, registry, store, last_source: BTreeMap::new(), mm2, metrics })
     }
 
     /// Syncs every `interval` until `shutdown`.
@@ -136,12 +123,12 @@ impl GroupSync {
         }
     }
 
-    async fn sync_once(&mut self) -> Result<(), crate::failover::FailoverError> {
+    async fn sync_once(&mut self) -> Result<(), FailoverError> {
         // The group list is not Send: read the names out of it before anything awaits.
         let names: Vec<String> = {
-            let source = group_client(&self.config, &self.flow.source, "ferry-group-sync")?;
+            let source = group_client(&self.config, &self.flow.source, "ferry-group-sync", &self.metrics)?;
             let groups = tokio::task::block_in_place(|| source.fetch_group_list(None, REQUEST_TIMEOUT))
-                .map_err(|e| kafka_error("list groups", "*", &self.flow.source, e))?;
+                .map_err(|e| FailoverError::kafka("list groups", "*", &self.flow.source, e))?;
             groups
                 .groups()
                 .iter()
@@ -155,7 +142,7 @@ impl GroupSync {
         Ok(())
     }
 
-    async fn sync_group(&mut self, group: &str) -> Result<(), crate::failover::FailoverError> {
+    async fn sync_group(&mut self, group: &str) -> Result<(), FailoverError> {
         let tasks: Vec<_> =
             self.registry.snapshot().into_iter().filter(|(id, _)| *id.flow == *self.flow.name).collect();
         if tasks.is_empty() {
@@ -165,9 +152,9 @@ impl GroupSync {
         for (id, _) in &tasks {
             wanted.add_partition(&id.topic, id.partition);
         }
-        let source = group_client(&self.config, &self.flow.source, group)?;
+        let source = group_client(&self.config, &self.flow.source, group, &self.metrics)?;
         let committed = tokio::task::block_in_place(|| source.committed_offsets(wanted, REQUEST_TIMEOUT))
-            .map_err(|e| kafka_error("read committed offsets", group, &self.flow.source, e))?;
+            .map_err(|e| FailoverError::kafka("read committed offsets", group, &self.flow.source, e))?;
         let mut partitions = Vec::new();
         for (id, progress) in &tasks {
             let Some(element) = committed.find_partition(&id.topic, id.partition) else { continue };
@@ -201,21 +188,15 @@ impl GroupSync {
         Ok(())
     }
 
-    fn commit_on_target(&mut self, group: &str, synced: &GroupOffsets) -> Result<(), crate::failover::FailoverError> {
-        let target = group_client(&self.config, &self.flow.target, group)?;
-        let members = target
-            .fetch_group_list(Some(group), REQUEST_TIMEOUT)
-            .map_err(|e| kafka_error("describe the group", group, &self.flow.target, e))?
-            .groups()
-            .iter()
-            .map(|g| g.members().len())
-            .sum::<usize>();
+    fn commit_on_target(&mut self, group: &str, synced: &GroupOffsets) -> Result<(), FailoverError> {
+        let target = group_client(&self.config, &self.flow.target, group, &self.metrics)?;
+        let members = active_members(&target, group, &self.flow.target)?;
         if members > 0 {
             debug!(flow = self.flow.name.as_str(), group, members, "group active on the target; not synced");
             return Ok(());
         }
         let current = target_committed(&target, &self.naming, synced)
-            .map_err(|e| kafka_error("read committed offsets", group, &self.flow.target, e))?;
+            .map_err(|e| FailoverError::kafka("read committed offsets", group, &self.flow.target, e))?;
         let mut commit = TopicPartitionList::new();
         for offset in &synced.partitions {
             let target_topic = self.naming.remote_topic(&offset.topic);
@@ -226,14 +207,14 @@ impl GroupSync {
             if behind || rewound {
                 commit
                     .add_partition_offset(&target_topic, offset.partition, Offset::Offset(offset.target_offset))
-                    .map_err(|e| kafka_error("prepare offsets", group, &self.flow.target, e))?;
+                    .map_err(|e| FailoverError::kafka("prepare offsets", group, &self.flow.target, e))?;
             }
             self.last_source.insert(key, offset.source_offset);
         }
         if commit.count() > 0 {
             target
                 .commit(&commit, CommitMode::Sync)
-                .map_err(|e| kafka_error("commit offsets", group, &self.flow.target, e))?;
+                .map_err(|e| FailoverError::kafka("commit offsets", group, &self.flow.target, e))?;
             info!(
                 flow = self.flow.name.as_str(),
                 group,
@@ -263,7 +244,7 @@ impl Mm2Checkpoints {
                 offset.target_offset,
             );
             let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value);
-            deliveries.push(self.producer.send_result(record).map_err(|(error, _)| error.to_string())?);
+            deliveries.push(self.producer.producer().send_result(record).map_err(|(error, _)| error.to_string())?);
         }
         for delivery in deliveries {
             delivery.await.map_err(|_| "producer shut down".to_owned())?.map_err(|(error, _)| error.to_string())?;
@@ -293,20 +274,6 @@ fn target_committed(
         .collect();
     drop(committed);
     Ok(current)
-}
-
-fn kafka_error(
-    what: &'static str,
-    group: &str,
-    cluster: &str,
-    source: rdkafka::error::KafkaError,
-) -> crate::failover::FailoverError {
-    crate::failover::FailoverError::Kafka {
-        what,
-        group: group.to_owned(),
-        cluster: cluster.to_owned(),
-        source: Box::new(source),
-    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,9 @@ pub enum MemberError {
     /// The configuration is inconsistent in a way validation should have caught.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The group offset sync could not be set up.
+    #[error(transparent)]
+    Failover(#[from] crate::failover::FailoverError),
     /// A component stopped on its own before shutdown was asked.
     #[error("component {0} stopped unexpectedly")]
     ComponentStopped(&'static str),
@@ -142,7 +145,7 @@ impl Member {
         }
         let config = Arc::new(config);
         for flow in config.flows.iter().filter(|flow| flow.sync_group_offsets.enabled || flow.emit_mm2_checkpoints) {
-            let sync = GroupSync::new(config.clone(), flow.clone(), registry.clone(), store.clone())?;
+            let sync = GroupSync::new(config.clone(), flow.clone(), registry.clone(), store.clone(), metrics.clone())?;
             let (interval, work) = (flow.sync_group_offsets.interval.as_std(), work.clone());
             components.spawn(async move {
                 sync.run(interval, work).await;
