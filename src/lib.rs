@@ -13,6 +13,7 @@
 //! - [`progress`]: a task's acknowledged position and sync points, shared with the checkpointer and metrics.
 //! - [`lag`]: replication lag per task, aggregated into gauges.
 //! - [`checkpoint`]: the checkpoint store trait, its file implementation and the batching checkpointer.
+//! - [`etcd`]: the shared etcd connection, key prefix and request metrics.
 //! - [`translate`]: the offset translation rule (committed source offset → target offset).
 //! - [`failover`]: a consumer group's offsets translated and committed on the target.
 //! - [`group_sync`]: continuous consumer group offset sync into inactive target groups.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod checkpoint;
 pub mod config;
 pub mod discovery;
+pub mod etcd;
 pub mod failover;
 pub mod group_sync;
 pub mod http;

@@ -52,10 +52,35 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Consumer/producer errors reported by librdkafka, by cluster.
     pub client_errors: IntCounterVec,
+    /// Tasks this member owns (holds the etcd ownership key of, or runs alone with the file store).
+    pub owned_tasks: IntGauge,
+    /// 1 while this member is the elected controller.
+    pub leader: IntGauge,
+    /// Live members, as the controller sees them (0 on other members).
+    pub members: IntGauge,
+    /// Tasks the controller assigned to each member (published by the leader only).
+    pub assigned_tasks: IntGaugeVec,
+    /// Assignments the controller wrote that changed at least one task's member.
+    pub rebalances: IntCounter,
+    /// Tasks moved from one member to another by those assignments.
+    pub moved_tasks: IntCounter,
+    /// This member's share of a fleet-wide throttle, bytes per second.
+    pub throttle_rate_bytes: IntGaugeVec,
+    /// etcd requests, by operation.
+    pub etcd_requests: IntCounterVec,
+    /// etcd requests that failed, by operation.
+    pub etcd_errors: IntCounterVec,
+    /// etcd request latency, by operation.
+    pub etcd_latency: HistogramVec,
+    /// Config file reloads, by result (applied, rejected).
+    pub config_reloads: IntCounterVec,
 }
 
 /// Buckets for end-to-end latency: from a few milliseconds on a quiet link to minutes while draining a backlog.
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Buckets for etcd requests: a local quorum answers in milliseconds, a struggling one in seconds.
+const ETCD_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Label values of one task's series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -184,6 +209,45 @@ impl Metrics {
                 Opts::new("ferry_client_errors_total", "Errors reported by Kafka clients, by cluster."),
                 &["cluster"]
             )),
+            owned_tasks: register!(IntGauge::new("ferry_owned_tasks", "Tasks this member owns and runs.")),
+            leader: register!(IntGauge::new("ferry_leader", "1 while this member is the elected controller.")),
+            members: register!(IntGauge::new(
+                "ferry_members",
+                "Live members as the controller sees them; 0 on members that are not the controller."
+            )),
+            assigned_tasks: register!(IntGaugeVec::new(
+                Opts::new("ferry_assigned_tasks", "Tasks assigned to each member; published by the controller."),
+                &["member"]
+            )),
+            rebalances: register!(IntCounter::new(
+                "ferry_rebalances_total",
+                "Assignments written by the controller that moved at least one task."
+            )),
+            moved_tasks: register!(IntCounter::new(
+                "ferry_moved_tasks_total",
+                "Tasks moved from one member to another by the controller."
+            )),
+            throttle_rate_bytes: register!(IntGaugeVec::new(
+                Opts::new("ferry_throttle_rate_bytes", "This member's share of a fleet-wide throttle, bytes per second."),
+                &["from", "to"]
+            )),
+            etcd_requests: register!(IntCounterVec::new(
+                Opts::new("ferry_etcd_requests_total", "Requests to etcd, by operation."),
+                &["op"]
+            )),
+            etcd_errors: register!(IntCounterVec::new(
+                Opts::new("ferry_etcd_errors_total", "Failed requests to etcd, by operation."),
+                &["op"]
+            )),
+            etcd_latency: register!(HistogramVec::new(
+                HistogramOpts::new("ferry_etcd_request_duration_seconds", "Latency of requests to etcd, by operation.")
+                    .buckets(ETCD_BUCKETS.to_vec()),
+                &["op"]
+            )),
+            config_reloads: register!(IntCounterVec::new(
+                Opts::new("ferry_config_reloads_total", "Config file changes seen, by result (applied, rejected)."),
+                &["result"]
+            )),
             registry,
             per_partition,
             names: {
@@ -192,6 +256,9 @@ impl Metrics {
             },
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["applied", "rejected"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
         metrics
     }
 

@@ -1,0 +1,143 @@
+//! The etcd connection every coordinated member shares: one client, the key prefix, and request metrics.
+//!
+//! Invariant: every request ferry sends to etcd goes through [`Etcd::timed`], so `ferry_etcd_requests_total`
+//! counts exactly what the fleet costs etcd and the latency and error series cannot miss a call.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::config::{ConfigError, EtcdConfig};
+use crate::metrics::Metrics;
+
+/// How long one etcd request may take before it counts as failed: long enough for a busy quorum, short enough
+/// that a member notices a dead one well inside a lease TTL.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// A TLS file named in `checkpoint.etcd.tls` could not be read.
+    #[error("cannot read {key} at {path}: {source}")]
+    TlsFile {
+        /// Config key path of the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The password could not be resolved.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The request failed or timed out.
+    #[error("etcd {op} at {endpoints} failed: {message}")]
+    Request {
+        /// Which operation (the `op` label of the metrics).
+        op: &'static str,
+        /// The configured endpoints, to name the cluster.
+        endpoints: String,
+        /// What etcd or the transport said.
+        message: String,
+    },
+}
+
+/// A connected etcd client with ferry's key prefix.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd").field("endpoints", &self.endpoints).field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Etcd {
+    /// Connects to `config.endpoints`. The connection is lazy: an unreachable etcd shows up on the first request.
+    pub async fn connect(config: &EtcdConfig, metrics: &Metrics) -> Result<Self, EtcdError> {
+        let endpoints = config.endpoints.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
+            .with_keep_alive_while_idle(true);
+        if let (Some(user), Some(password)) = (&config.username, config.resolve_password()?) {
+            options = options.with_user(user.clone(), password.expose().to_owned());
+        }
+        if let Some(tls) = &config.tls {
+            let mut tls_options = TlsOptions::new();
+            if let Some(ca) = &tls.ca_file {
+                tls_options =
+                    tls_options.ca_certificate(Certificate::from_pem(read_pem("checkpoint.etcd.tls.ca_file", ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                tls_options = tls_options.identity(Identity::from_pem(
+                    read_pem("checkpoint.etcd.tls.cert_file", cert)?,
+                    read_pem("checkpoint.etcd.tls.key_file", key)?,
+                ));
+            }
+            options = options.with_tls(tls_options);
+        }
+        let started = Instant::now();
+        let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|error| EtcdError::Request {
+            op: "connect",
+            endpoints: endpoints.clone(),
+            message: error.to_string(),
+        });
+        metrics.etcd_requests.with_label_values(&["connect"]).inc();
+        metrics.etcd_latency.with_label_values(&["connect"]).observe(started.elapsed().as_secs_f64());
+        if client.is_err() {
+            metrics.etcd_errors.with_label_values(&["connect"]).inc();
+        }
+        Ok(Self { client: client?, prefix: config.prefix.clone(), endpoints, metrics: metrics.clone() })
+    }
+
+    /// A clone of the client, for the streaming calls (watch, lease keep-alive) that need their own handle.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The full key for `suffix` under ferry's prefix (`suffix` starts without a slash).
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}/{suffix}", self.prefix)
+    }
+
+    /// The configured endpoints, comma-separated, for messages.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The member's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs one request under the timeout, counting it, its latency and its failure under `op`.
+    pub async fn timed<T, F, Fut>(&self, op: &'static str, request: F) -> Result<T, EtcdError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        self.metrics.etcd_requests.with_label_values(&[op]).inc();
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, request(self.client.clone())).await;
+        self.metrics.etcd_latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        let message = match outcome {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+        };
+        self.metrics.etcd_errors.with_label_values(&[op]).inc();
+        Err(EtcdError::Request { op, endpoints: self.endpoints.clone(), message })
+    }
+}
+
+fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|source| EtcdError::TlsFile { key, path: path.display().to_string(), source })
+}
