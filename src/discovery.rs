@@ -29,6 +29,9 @@ pub struct TaskSpec {
     pub id: TaskId,
     /// The target topic its records go to.
     pub target_topic: String,
+    /// Where to resume when the task starts on this member, if the checkpoint store knows better than the member
+    /// (the task just moved here from another member).
+    pub resume: Option<crate::progress::Position>,
 }
 
 /// A flow as discovery sees it.
@@ -84,6 +87,8 @@ pub struct Discovered {
     pub complete: bool,
     /// Whether any look has completed since start.
     pub ever_complete: bool,
+    /// Why the set is not final yet, when something other than discovery decides it (task ownership).
+    pub waiting_for: Option<String>,
 }
 
 /// Polls source metadata for every flow.
@@ -138,7 +143,7 @@ impl Discovery {
                 }
             }
         }
-        Discovered { tasks, complete, ever_complete: previous.ever_complete || complete }
+        Discovered { tasks, complete, ever_complete: previous.ever_complete || complete, waiting_for: None }
     }
 
     async fn flow_tasks(
@@ -165,15 +170,37 @@ impl Discovery {
         for pair in pairs.iter().filter(|pair| ready.contains(&pair.source)) {
             for partition in 0..pair.partitions {
                 let id = TaskId::new(&flow.name, &pair.source, partition);
-                tasks.insert(id.clone(), TaskSpec { id, target_topic: pair.target.clone() });
+                tasks.insert(id.clone(), TaskSpec { id, target_topic: pair.target.clone(), resume: None });
             }
         }
         Some(tasks)
     }
 
-    /// Looks every `interval` (sooner after a failure) and publishes each outcome until `shutdown`.
-    pub async fn run(self, interval: Duration, publish: watch::Sender<Discovered>, shutdown: CancellationToken) {
-        let mut current = Discovered::default();
+    /// The tasks of `tasks` that belong to a configured flow, as a not yet complete look: a new controller starts
+    /// from the assignment it inherits, so a cluster that does not answer it keeps its tasks.
+    pub fn seed(&self, tasks: impl IntoIterator<Item = TaskId>) -> Discovered {
+        let by_flow: BTreeMap<&str, &FlowTopics> = self.flows.iter().map(|flow| (flow.name.as_str(), flow)).collect();
+        let tasks = tasks
+            .into_iter()
+            .filter_map(|id| {
+                let flow = by_flow.get(&*id.flow)?;
+                let target_topic = flow.naming.remote_topic(&id.topic);
+                Some((id.clone(), TaskSpec { id, target_topic, resume: None }))
+            })
+            .collect();
+        Discovered { tasks, ..Discovered::default() }
+    }
+
+    /// Looks every `interval` (sooner after a failure) and publishes each outcome until `shutdown`, starting from
+    /// `initial` (see [`Discovery::seed`]).
+    pub async fn run(
+        self,
+        interval: Duration,
+        initial: Discovered,
+        publish: Arc<watch::Sender<Discovered>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut current = initial;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -74,6 +74,9 @@ pub struct GroupSync {
     mm2: Option<Mm2Checkpoints>,
     /// The member's metrics, where the group clients count their errors.
     metrics: Metrics,
+    /// Read task positions from the checkpoint store each round instead of this member's registry: with many
+    /// members the controller runs the sync and owns only some of the tasks.
+    positions_from_store: bool,
 }
 
 /// Writes MM2-compatible checkpoint records to `<source alias>.checkpoints.internal` on the target.
@@ -106,7 +109,24 @@ impl GroupSync {
         } else {
             None
         };
-        Ok(Self { config, flow, filter, naming, registry, store, last_source: BTreeMap::new(), mm2, metrics })
+        Ok(Self {
+            config,
+            flow,
+            filter,
+            naming,
+            registry,
+            store,
+            last_source: BTreeMap::new(),
+            mm2,
+            metrics,
+            positions_from_store: false,
+        })
+    }
+
+    /// Translates with the positions in the checkpoint store (every member's tasks) rather than this member's own.
+    pub fn with_stored_positions(mut self) -> Self {
+        self.positions_from_store = true;
+        self
     }
 
     /// Syncs every `interval` until `shutdown`.
@@ -124,6 +144,21 @@ impl GroupSync {
     }
 
     async fn sync_once(&mut self) -> Result<(), FailoverError> {
+        if self.positions_from_store {
+            let stored = match self.store.load(&self.flow.name).await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    warn!(flow = self.flow.name.as_str(), %error, "cannot read stored positions; group sync skips a round");
+                    return Ok(());
+                }
+            };
+            let registry = Registry::default();
+            for (key, checkpoint) in stored {
+                let id = crate::progress::TaskId::new(&self.flow.name, &key.topic, key.partition);
+                registry.insert(id, Arc::new(crate::progress::TaskProgress::new(checkpoint.position)));
+            }
+            self.registry = Arc::new(registry);
+        }
         // The group list is not Send: read the names out of it before anything awaits.
         let names: Vec<String> = {
             let source = group_client(&self.config, &self.flow.source, "ferry-group-sync", &self.metrics)?;

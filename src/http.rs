@@ -26,6 +26,31 @@ pub struct Status {
     pub not_ready_reason: Option<String>,
     /// Every task's lag.
     pub tasks: Vec<TaskLag>,
+    /// The fleet as this member sees it; absent with the file store (one member, no coordination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The members of a coordinated fleet, as one member last read them from etcd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This member's id.
+    pub member: String,
+    /// The controller's member id, if one is elected.
+    pub leader: Option<String>,
+    /// Every live member.
+    pub members: Vec<FleetMember>,
+}
+
+/// One live member.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetMember {
+    /// Its id.
+    pub id: String,
+    /// Its HTTP endpoint, `host:port`.
+    pub http: String,
+    /// Tasks the controller assigned to it.
+    pub assigned_tasks: usize,
 }
 
 /// Shared state of the handlers.

@@ -17,15 +17,26 @@
 //! - [`translate`]: the offset translation rule (committed source offset → target offset).
 //! - [`failover`]: a consumer group's offsets translated and committed on the target.
 //! - [`group_sync`]: continuous consumer group offset sync into inactive target groups.
+//! - [`assignment`]: which member runs which task: sticky, balanced within one task, pure.
 //! - [`supervisor`]: the one owner of every running task: starts, stops and restarts them.
 //! - [`throttle`]: byte-rate budgets per region pair, enforced before produce.
+//! - [`reload`]: watches the config file and hands over each valid new version; invalid ones are logged and ignored.
+//! - [`coordination`]: the etcd key layout and assignment record members and the controller share.
+//! - [`membership`]: a member's lease-bound registration and its keep-alive.
+//! - [`election`]: leadership by lease and transaction; the guard on every controller write.
+//! - [`controller`]: the leader's loop: assignment, throttle split, cleanup of departed members' checkpoints.
+//! - [`ownership`]: owner keys taken before a task starts and given up after its last checkpoint.
 //! - [`member`]: one running ferry process: wires the parts above together and shuts them down as a tree.
 //! - [`metrics`], [`http`], [`telemetry`]: what operators see.
 
 pub mod admin;
+pub mod assignment;
 pub mod checkpoint;
 pub mod config;
+pub mod controller;
+pub mod coordination;
 pub mod discovery;
+pub mod election;
 pub mod etcd;
 pub mod failover;
 pub mod group_sync;
@@ -33,9 +44,12 @@ pub mod http;
 pub mod kafka;
 pub mod lag;
 pub mod member;
+pub mod membership;
 pub mod metrics;
 pub mod naming;
+pub mod ownership;
 pub mod progress;
+pub mod reload;
 pub mod source;
 pub mod supervisor;
 pub mod target;

@@ -132,10 +132,10 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Run { config } => {
-            let config = Config::load(&config).map_err(config_failure)?;
+        Command::Run { config: path } => {
+            let config = Config::load(&path).map_err(config_failure)?;
             ferry::member::unsupported(&config).map_err(config_failure)?;
-            run(config)
+            run(config, path)
         }
         Command::CheckConfig { file, config } => {
             let path = file.or(config).expect("clap requires one of them");
@@ -211,12 +211,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?)
 }
 
-fn run(config: Config) -> Result<(), Failure> {
+fn run(config: Config, config_file: std::path::PathBuf) -> Result<(), Failure> {
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         info!(flows = config.flows.len(), version = env!("CARGO_PKG_VERSION"), "ferry starting");
-        let member = ferry::member::Member::new(config);
+        let member = ferry::member::Member::new(config).with_config_file(config_file);
         member.run(shutdown, |_| {}).await?;
         info!("ferry stopped");
         Ok(())
@@ -283,24 +283,45 @@ struct TopicRow {
 }
 
 fn status(url: &str) -> Result<(), Failure> {
-    let endpoint = format!("{}/status", url.trim_end_matches('/'));
-    let response = ureq::get(&endpoint).call();
-    // A not-ready member still answers /status; only transport errors are failures here.
-    let body = match response {
-        Ok(response) => response.into_string(),
-        Err(ureq::Error::Status(_, response)) => response.into_string(),
-        Err(error) => return Err(anyhow::anyhow!("cannot reach ferry at {endpoint}: {error}").into()),
-    }
-    .with_context(|| format!("cannot read the answer of {endpoint}"))?;
-    let status: ferry::http::Status =
-        serde_json::from_str(&body).with_context(|| format!("{endpoint} did not answer ferry's status JSON"))?;
+    let status = fetch_status(url)?;
     println!(
         "ready: {}",
-        if status.ready { "yes".to_owned() } else { format!("no ({})", status.not_ready_reason.unwrap_or_default()) }
+        if status.ready {
+            "yes".to_owned()
+        } else {
+            format!("no ({})", status.not_ready_reason.clone().unwrap_or_default())
+        }
     );
+    let mut tasks = status.tasks.clone();
+    if let Some(fleet) = &status.fleet {
+        println!("member: {}", fleet.member);
+        println!("leader: {}", fleet.leader.as_deref().unwrap_or("none elected"));
+        println!();
+        println!("{:<40} {:<24} {:>9} {:>7} {:>6}", "MEMBER", "HTTP", "ASSIGNED", "LEADER", "READY");
+        for member in &fleet.members {
+            // Every member reports its own tasks' lag; the queried one is already in hand.
+            let answer = if member.id == fleet.member { Ok(status.clone()) } else { fetch_status(&member.http) };
+            let ready = match &answer {
+                Ok(other) => {
+                    if member.id != fleet.member {
+                        tasks.extend(other.tasks.iter().cloned());
+                    }
+                    if other.ready {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                }
+                Err(_) => "unreachable",
+            };
+            let leader = if fleet.leader.as_deref() == Some(member.id.as_str()) { "*" } else { "" };
+            println!("{:<40} {:<24} {:>9} {:>7} {:>6}", member.id, member.http, member.assigned_tasks, leader, ready);
+        }
+        println!();
+    }
     // Lag in records is unknown ("-") until every partition of the topic has been fetched once.
     let mut flows: BTreeMap<(&str, &str), TopicRow> = BTreeMap::new();
-    for task in &status.tasks {
+    for task in &tasks {
         let row =
             flows.entry((&task.flow, &task.topic)).or_insert(TopicRow { lag_records: Some(0), ..TopicRow::default() });
         row.tasks += 1;
@@ -314,4 +335,19 @@ fn status(url: &str) -> Result<(), Failure> {
         println!("{flow:<24} {topic:<32} {tasks:>6} {paused:>7} {lag_records:>12} {lag_seconds:>10.1}");
     }
     Ok(())
+}
+
+/// One member's `/status`; `url` may omit the scheme (members advertise `host:port`).
+fn fetch_status(url: &str) -> Result<ferry::http::Status, Failure> {
+    let base = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+    let endpoint = format!("{}/status", base.trim_end_matches('/'));
+    let response = ureq::get(&endpoint).timeout(std::time::Duration::from_secs(5)).call();
+    // A not-ready member still answers /status; only transport errors are failures here.
+    let body = match response {
+        Ok(response) => response.into_string(),
+        Err(ureq::Error::Status(_, response)) => response.into_string(),
+        Err(error) => return Err(anyhow::anyhow!("cannot reach ferry at {endpoint}: {error}").into()),
+    }
+    .with_context(|| format!("cannot read the answer of {endpoint}"))?;
+    Ok(serde_json::from_str(&body).with_context(|| format!("{endpoint} did not answer ferry's status JSON"))?)
 }

@@ -1,31 +1,44 @@
-//! A member: one running ferry process. Builds the clients, loads checkpoints, and runs discovery, the supervisor,
-//! the checkpointer, the lag reporter and the HTTP endpoint as one tree that shuts down together.
+//! A member: one running ferry process. Builds the clients, and runs the supervisor, the checkpointer, the status
+//! reporter, the config watcher and the HTTP endpoint as one tree that shuts down together. With the file store it
+//! is the whole fleet: it discovers tasks itself. With etcd it joins the fleet, runs the tasks the controller
+//! assigns it once it owns them, and runs the controller (with discovery and group sync) while it is the leader.
 //!
-//! Invariant: on shutdown the tasks drain first and the final checkpoint is written after them, so the last
-//! checkpoint covers everything the target acknowledged before exit.
+//! Invariant: on shutdown the tasks drain first and the final checkpoint is written after them, and only then does
+//! the member leave the fleet (revoking its lease frees its owner keys), so the last checkpoint covers everything
+//! the target acknowledged before another member can start its tasks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::{AdminError, ClusterAdmin};
-use crate::checkpoint::{CheckpointStore, Checkpointer, FileStore, StoreError};
-use crate::config::{Config, ConfigError, ConfigProblem, Delivery, Naming, StoreKind, ThrottleConfig};
+use crate::checkpoint::{CheckpointStore, Checkpointer, EtcdStore, FileStore, StoreError};
+use crate::config::{Config, ConfigError, ConfigProblem, Delivery, FlowConfig, Naming, StoreKind};
+use crate::controller::Controller;
+use crate::coordination::{
+    assignment_key, decode, new_member_id, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
+};
 use crate::discovery::{Discovered, Discovery, FlowTopics};
+use crate::election::campaign_and_observe;
+use crate::etcd::{Etcd, EtcdError};
 use crate::group_sync::GroupSync;
-use crate::http::{self, HttpError, HttpState, Status};
+use crate::http::{self, FleetMember, FleetStatus, HttpError, HttpState, Status};
 use crate::kafka::ClientError;
 use crate::lag::{self, LagGauges};
+use crate::membership::{live_members, Membership};
 use crate::metrics::Metrics;
-use crate::progress::Registry;
+use crate::ownership::Ownership;
+use crate::progress::{Registry, TaskId};
+use crate::reload::{ConfigWatcher, Reload};
 use crate::source::{SourceConsumer, SourceError};
-use crate::supervisor::{FlowRuntime, Supervisor};
+use crate::supervisor::{FlowRuntime, FlowUpdate, Supervisor};
 use crate::target::TargetProducer;
 use crate::task::Provenance;
 use crate::throttle::Throttle;
@@ -35,6 +48,8 @@ use crate::throttle::Throttle;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often lag and readiness are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a coordinated member refreshes the fleet view `/status` shows.
+const FLEET_VIEW_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Errors that stop a member from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +60,9 @@ pub enum MemberError {
     /// The checkpoint store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// etcd could not be set up.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
     /// A Kafka client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -68,6 +86,7 @@ pub enum MemberError {
 /// A started member; [`Member::run`] drives it until shutdown.
 pub struct Member {
     config: Config,
+    config_file: Option<PathBuf>,
     metrics: Metrics,
 }
 
@@ -75,7 +94,13 @@ impl Member {
     /// A member for `config`.
     pub fn new(config: Config) -> Self {
         let metrics = Metrics::new(config.metrics.per_partition);
-        Self { config, metrics }
+        Self { config, config_file: None, metrics }
+    }
+
+    /// Watches `path` (the file `config` was loaded from) and applies valid changes without a restart.
+    pub fn with_config_file(mut self, path: PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
     }
 
     /// The member's metrics.
@@ -90,9 +115,18 @@ impl Member {
         shutdown: CancellationToken,
         on_listening: impl FnOnce(SocketAddr),
     ) -> Result<(), MemberError> {
-        let Member { config, metrics } = self;
+        let Member { config, config_file, metrics } = self;
         unsupported(&config)?;
-        let store: Arc<dyn CheckpointStore> = Arc::new(FileStore::open(&config.checkpoint.path)?);
+        let member_id = new_member_id();
+        let etcd = match (&config.checkpoint.store, &config.checkpoint.etcd) {
+            (StoreKind::Etcd, Some(etcd_config)) => Some(Etcd::connect(etcd_config, &metrics).await?),
+            _ => None,
+        };
+        let etcd_store = etcd.as_ref().map(|etcd| Arc::new(EtcdStore::new(etcd.clone(), member_id.clone())));
+        let store: Arc<dyn CheckpointStore> = match &etcd_store {
+            Some(store) => store.clone(),
+            None => Arc::new(FileStore::open(&config.checkpoint.path)?),
+        };
 
         let status = Arc::new(RwLock::new(Status::default()));
         let http_shutdown = CancellationToken::new();
@@ -102,62 +136,100 @@ impl Member {
             http_shutdown.clone(),
         )
         .await?;
-        info!(address = %bound, "HTTP endpoint listening");
+        info!(address = %bound, member = member_id.as_str(), "HTTP endpoint listening");
         on_listening(bound);
 
         let registry = Arc::new(Registry::default());
         let checkpointer = Checkpointer::new(store.clone(), registry.clone(), metrics.clone());
-        let (flows, discovery_flows, admins, producers) = build_flows(&config, &metrics, store.as_ref()).await?;
-        for flow in flows.keys() {
-            checkpointer.touch(flow);
+        let (config_tx, _) = watch::channel(Arc::new(config.clone()));
+        let clients = Arc::new(Mutex::new(Clients::new(metrics.clone())));
+        let mut flows = BTreeMap::new();
+        for flow in &config.flows {
+            // Only the file store is read up front: with etcd, tasks load their checkpoint when they are taken.
+            let stored = if etcd.is_none() { store.load(&flow.name).await? } else { BTreeMap::new() };
+            info!(flow = flow.name.as_str(), checkpoints = stored.len(), "loaded checkpoints");
+            flows.insert(flow.name.clone(), lock(&clients).flow_runtime(&config, flow, stored)?);
+            checkpointer.touch(&flow.name);
         }
-        let sources: BTreeMap<String, Arc<SourceConsumer>> =
-            flows.iter().map(|(name, flow)| (name.clone(), flow.source.clone())).collect();
+        lock(&clients).apply_configured_rates(&config);
+        let (updates_tx, updates_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            etcd_store,
+            etcd: etcd.clone(),
+            checkpointer: checkpointer.clone(),
+            config: config_tx,
+            clients,
+            flow_updates: updates_tx,
+            coordinated: etcd.is_some(),
+        });
+        let supervisor = Supervisor::new(flows, registry.clone(), metrics.clone(), DRAIN_TIMEOUT);
+        let running = supervisor.running();
+        let wanted = Arc::new(watch::channel(Discovered::default()).0);
+        let fleet = Arc::new(RwLock::new(None::<FleetStatus>));
+        let membership: Arc<Mutex<Option<Membership>>> = Arc::default();
 
-        let (wanted_tx, wanted_rx) = watch::channel(Discovered::default());
         let work = shutdown.child_token();
         let mut components: JoinSet<&'static str> = JoinSet::new();
         {
-            let discovery = Discovery::new(discovery_flows, admins, metrics.clone());
-            let interval = config.discovery.interval.as_std();
-            let work = work.clone();
-            components.spawn(async move {
-                discovery.run(interval, wanted_tx, work).await;
-                "discovery"
-            });
-        }
-        {
-            let checkpointer = checkpointer.clone();
-            let interval = config.checkpoint.interval.as_std();
-            let work = work.clone();
+            let (checkpointer, interval, work) =
+                (checkpointer.clone(), config.checkpoint.interval.as_std(), work.clone());
             components.spawn(async move {
                 checkpointer.run(interval, work).await;
                 "checkpointer"
             });
         }
         {
-            let (metrics, registry, wanted, work) =
-                (metrics.clone(), registry.clone(), wanted_rx.clone(), work.clone());
+            let (shared, wanted, fleet, work) = (shared.clone(), wanted.subscribe(), fleet.clone(), work.clone());
             components.spawn(async move {
-                report_status(metrics, registry, sources, wanted, status, work).await;
+                report_status(shared, wanted, fleet, status, work).await;
                 "status"
             });
         }
-        let config = Arc::new(config);
-        for flow in config.flows.iter().filter(|flow| flow.sync_group_offsets.enabled || flow.emit_mm2_checkpoints) {
-            let sync = GroupSync::new(config.clone(), flow.clone(), registry.clone(), store.clone(), metrics.clone())?;
-            let (interval, work) = (flow.sync_group_offsets.interval.as_std(), work.clone());
+        if let Some(path) = config_file {
+            let (reloads_tx, reloads_rx) = mpsc::channel(4);
+            let watcher = ConfigWatcher::new(path, Arc::new(config.clone()), metrics.clone());
+            let (shared, work) = (shared.clone(), work.clone());
             components.spawn(async move {
-                sync.run(interval, work).await;
-                "group offset sync"
+                tokio::join!(watcher.run(reloads_tx, work.clone()), apply_reloads(shared, reloads_rx, work));
+                "config watcher"
             });
         }
-        let supervisor = Supervisor::new(flows, registry.clone(), metrics.clone(), DRAIN_TIMEOUT);
+        match etcd {
+            None => {
+                metrics.leader.set(1);
+                metrics.members.set(1);
+                let (shared, wanted, work) = (shared.clone(), wanted.clone(), work.clone());
+                components.spawn(async move {
+                    lead(shared, wanted, BTreeSet::new(), work).await;
+                    "discovery"
+                });
+            }
+            Some(etcd) => {
+                let coordinator = Coordinator {
+                    shared: shared.clone(),
+                    etcd,
+                    member_id: member_id.clone(),
+                    http: advertised(bound),
+                    wanted: wanted.clone(),
+                    running: running.clone(),
+                    fleet,
+                    membership: membership.clone(),
+                };
+                let work = work.clone();
+                components.spawn(async move {
+                    coordinator.run(work).await;
+                    "coordinator"
+                });
+            }
+        }
         let supervisor_done = CancellationToken::new();
         let supervisor_handle = {
-            let (work, done) = (work.clone(), supervisor_done.clone());
+            let (work, done, wanted) = (work.clone(), supervisor_done.clone(), wanted.subscribe());
             tokio::spawn(async move {
-                supervisor.run(wanted_rx, work).await;
+                supervisor.run(wanted, updates_rx, work).await;
                 done.cancel();
             })
         };
@@ -190,7 +262,15 @@ impl Member {
             Ok(written) => info!(changed_tasks = written, "final checkpoint written"),
             Err(error) => error!(%error, "final checkpoint failed; a restart resumes from the previous one"),
         }
-        for producer in producers.values() {
+        let leaving = lock(&membership).take();
+        if let (Some(membership), Some(etcd)) = (leaving, &shared.etcd) {
+            // After the final checkpoint: the tasks' next owners start where this member stopped.
+            if let Err(error) = membership.leave(etcd).await {
+                warn!(%error, "cannot revoke the member lease; its tasks move when it expires");
+            }
+        }
+        let producers: Vec<TargetProducer> = lock(&shared.clients).producers.values().cloned().collect();
+        for producer in producers {
             if let Err(error) = producer.flush(Duration::from_secs(2)).await {
                 warn!(cluster = producer.alias(), %error, "producer flush at exit failed");
             }
@@ -208,10 +288,6 @@ impl Member {
 /// rather than silently running without them.
 pub fn unsupported(config: &Config) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
-    if config.checkpoint.store == StoreKind::Etcd {
-        problems
-            .push(ConfigProblem::new("checkpoint.store", "etcd is not implemented in this version yet; use `file`"));
-    }
     for (index, flow) in config.flows.iter().enumerate() {
         if flow.delivery == Delivery::ExactlyOnce {
             problems.push(ConfigProblem::new(
@@ -227,39 +303,75 @@ pub fn unsupported(config: &Config) -> Result<(), ConfigError> {
     }
 }
 
-type BuiltFlows = (
-    BTreeMap<String, FlowRuntime>,
-    Vec<FlowTopics>,
-    BTreeMap<String, Arc<ClusterAdmin>>,
-    BTreeMap<String, TargetProducer>,
-);
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section only inserts into maps, so a panic inside cannot leave them inconsistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
-/// Builds every client the flows need (no connection is made yet) and loads their checkpoints.
-async fn build_flows(
-    config: &Config,
-    metrics: &Metrics,
-    store: &dyn CheckpointStore,
-) -> Result<BuiltFlows, MemberError> {
-    let mut admins = BTreeMap::new();
-    let mut producers: BTreeMap<String, TargetProducer> = BTreeMap::new();
-    let mut throttles: BTreeMap<usize, Arc<Throttle>> = BTreeMap::new();
-    let mut flows = BTreeMap::new();
-    let mut discovery_flows = Vec::new();
-    for flow in &config.flows {
+/// What the member's long-running parts share.
+struct Shared {
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    store: Arc<dyn CheckpointStore>,
+    etcd_store: Option<Arc<EtcdStore>>,
+    etcd: Option<Etcd>,
+    checkpointer: Checkpointer,
+    /// The config in force; replaced by valid reloads.
+    config: watch::Sender<Arc<Config>>,
+    clients: Arc<Mutex<Clients>>,
+    flow_updates: mpsc::Sender<FlowUpdate>,
+    coordinated: bool,
+}
+
+/// The Kafka clients and throttles, built once per cluster alias, flow or throttle and reused across reloads.
+struct Clients {
+    metrics: Metrics,
+    admins: BTreeMap<String, Arc<ClusterAdmin>>,
+    producers: BTreeMap<String, TargetProducer>,
+    sources: BTreeMap<String, Arc<SourceConsumer>>,
+    /// By the throttle's (from, to).
+    throttles: BTreeMap<(String, String), Arc<Throttle>>,
+}
+
+impl Clients {
+    fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            admins: BTreeMap::new(),
+            producers: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            throttles: BTreeMap::new(),
+        }
+    }
+
+    fn admin(&mut self, config: &Config, alias: &str) -> Result<Arc<ClusterAdmin>, MemberError> {
+        if let Some(admin) = self.admins.get(alias) {
+            return Ok(admin.clone());
+        }
+        let admin = Arc::new(ClusterAdmin::new(alias, &config.clusters[alias], &self.metrics)?);
+        self.admins.insert(alias.to_owned(), admin.clone());
+        Ok(admin)
+    }
+
+    /// A flow's runtime; its consumer is new (a changed flow starts over with its new settings).
+    fn flow_runtime(
+        &mut self,
+        config: &Config,
+        flow: &FlowConfig,
+        stored: BTreeMap<crate::checkpoint::TaskKey, crate::checkpoint::Checkpoint>,
+    ) -> Result<FlowRuntime, MemberError> {
         for alias in [&flow.source, &flow.target] {
-            if !admins.contains_key(alias) {
-                admins.insert(alias.clone(), Arc::new(ClusterAdmin::new(alias, &config.clusters[alias], metrics)?));
-            }
+            self.admin(config, alias)?;
         }
-        if !producers.contains_key(&flow.target) {
-            producers.insert(
-                flow.target.clone(),
-                TargetProducer::new(&flow.target, &config.clusters[&flow.target], metrics)?,
-            );
+        if !self.producers.contains_key(&flow.target) {
+            let producer = TargetProducer::new(&flow.target, &config.clusters[&flow.target], &self.metrics)?;
+            self.producers.insert(flow.target.clone(), producer);
         }
-        let throttle = throttle_for(config, &flow.source, &flow.target).map(|(index, throttle)| {
-            throttles
-                .entry(index)
+        let throttle = config.throttle_for(&flow.source, &flow.target).map(|(_, throttle)| {
+            let key = (throttle.from.clone(), throttle.to.clone());
+            let metrics = &self.metrics;
+            self.throttles
+                .entry(key)
                 .or_insert_with(|| {
                     let wait = metrics.throttle_wait_seconds.with_label_values(&[&throttle.from, &throttle.to]);
                     Arc::new(Throttle::new(throttle.rate.bytes_per_second(), wait))
@@ -268,38 +380,450 @@ async fn build_flows(
         });
         let provenance = (flow.naming == Naming::Identity)
             .then(|| Provenance { source_alias: flow.source.clone(), target_alias: flow.target.clone() });
-        let stored = store.load(&flow.name).await?;
-        info!(flow = flow.name.as_str(), checkpoints = stored.len(), "loaded checkpoints");
-        let source = Arc::new(SourceConsumer::new(&flow.name, &flow.source, &config.clusters[&flow.source], metrics)?);
-        flows.insert(
-            flow.name.clone(),
-            FlowRuntime { source, target: producers[&flow.target].clone(), throttle, provenance, stored },
-        );
-        discovery_flows.push(FlowTopics::from_config(config, flow)?);
+        let source =
+            Arc::new(SourceConsumer::new(&flow.name, &flow.source, &config.clusters[&flow.source], &self.metrics)?);
+        self.sources.insert(flow.name.clone(), source.clone());
+        Ok(FlowRuntime { source, target: self.producers[&flow.target].clone(), throttle, provenance, stored })
     }
-    Ok((flows, discovery_flows, admins, producers))
+
+    /// Discovery over every flow of `config`.
+    fn discovery(&mut self, config: &Config) -> Result<Discovery, MemberError> {
+        let mut flows = Vec::new();
+        let mut admins = BTreeMap::new();
+        for flow in &config.flows {
+            for alias in [&flow.source, &flow.target] {
+                admins.insert(alias.clone(), self.admin(config, alias)?);
+            }
+            flows.push(FlowTopics::from_config(config, flow)?);
+        }
+        Ok(Discovery::new(flows, admins, self.metrics.clone()))
+    }
+
+    /// Sets every throttle to its configured budget: the whole budget when this member is the whole fleet.
+    fn apply_configured_rates(&self, config: &Config) {
+        for throttle in &config.throttles {
+            if let Some(limiter) = self.throttles.get(&(throttle.from.clone(), throttle.to.clone())) {
+                limiter.set_rate(throttle.rate.bytes_per_second());
+                self.metrics
+                    .throttle_rate_bytes
+                    .with_label_values(&[&throttle.from, &throttle.to])
+                    .set(i64::try_from(throttle.rate.bytes_per_second()).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Sets the throttles to this member's shares of the fleet-wide budgets.
+    fn apply_shares(&self, shares: &[ThrottleShare]) {
+        for share in shares {
+            if let Some(limiter) = self.throttles.get(&(share.from.clone(), share.to.clone())) {
+                if limiter.bytes_per_second() != share.bytes_per_second {
+                    info!(
+                        from = share.from.as_str(),
+                        to = share.to.as_str(),
+                        bytes_per_second = share.bytes_per_second,
+                        "throttle share set"
+                    );
+                }
+                limiter.set_rate(share.bytes_per_second);
+            }
+            self.metrics
+                .throttle_rate_bytes
+                .with_label_values(&[&share.from, &share.to])
+                .set(i64::try_from(share.bytes_per_second).unwrap_or(i64::MAX));
+        }
+    }
 }
 
-/// The first throttle whose `from` names the source (alias or region) and whose `to` names the target.
-fn throttle_for<'a>(config: &'a Config, source: &str, target: &str) -> Option<(usize, &'a ThrottleConfig)> {
-    let names = |alias: &str| [alias.to_owned(), config.region_of(alias).to_owned()];
-    let (sources, targets) = (names(source), names(target));
-    config
-        .throttles
-        .iter()
-        .enumerate()
-        .find(|(_, throttle)| sources.contains(&throttle.from) && targets.contains(&throttle.to))
+/// Runs what the fleet needs once: discovery into `output`, and group offset sync. Restarts both with each new
+/// config. `seed` are tasks known before the first look (an inherited assignment).
+async fn lead(
+    shared: Arc<Shared>,
+    output: Arc<watch::Sender<Discovered>>,
+    seed: BTreeSet<TaskId>,
+    shutdown: CancellationToken,
+) {
+    let mut config_rx = shared.config.subscribe();
+    let mut seed = Some(seed);
+    loop {
+        let config = config_rx.borrow_and_update().clone();
+        let services = shutdown.child_token();
+        let mut joins = JoinSet::new();
+        match lock(&shared.clients).discovery(&config) {
+            Ok(discovery) => {
+                // After a reload, start from what the previous discovery found so nothing stops meanwhile.
+                let initial = match seed.take() {
+                    Some(seed) => discovery.seed(seed),
+                    None => {
+                        let current = output.borrow().clone();
+                        Discovered { tasks: discovery.seed(current.tasks.into_keys()).tasks, ..current }
+                    }
+                };
+                let (interval, output, services) =
+                    (config.discovery.interval.as_std(), output.clone(), services.clone());
+                joins.spawn(async move { discovery.run(interval, initial, output, services).await });
+            }
+            Err(error) => error!(%error, "cannot set up discovery"),
+        }
+        for flow in config.flows.iter().filter(|flow| flow.sync_group_offsets.enabled || flow.emit_mm2_checkpoints) {
+            let sync = GroupSync::new(
+                config.clone(),
+                flow.clone(),
+                shared.registry.clone(),
+                shared.store.clone(),
+                shared.metrics.clone(),
+            );
+            match sync {
+                Ok(sync) => {
+                    let sync = if shared.coordinated { sync.with_stored_positions() } else { sync };
+                    let (interval, services) = (flow.sync_group_offsets.interval.as_std(), services.clone());
+                    joins.spawn(async move { sync.run(interval, services).await });
+                }
+                Err(error) => error!(flow = flow.name.as_str(), %error, "cannot set up group offset sync"),
+            }
+        }
+        let reconfigured = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            changed = config_rx.changed() => changed.is_ok(),
+        };
+        services.cancel();
+        while joins.join_next().await.is_some() {}
+        if !reconfigured {
+            return;
+        }
+    }
+}
+
+/// Applies each valid config reload: flows added, removed or changed, and throttle budgets.
+async fn apply_reloads(shared: Arc<Shared>, mut reloads: mpsc::Receiver<Reload>, shutdown: CancellationToken) {
+    loop {
+        let reload = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            reload = reloads.recv() => match reload {
+                Some(reload) => reload,
+                None => return,
+            },
+        };
+        let Reload { config, change } = reload;
+        let old = shared.config.borrow().clone();
+        for path in &change.needs_restart {
+            warn!(key = path.as_str(), "this change takes effect only after a restart");
+        }
+        let mut rebuild: BTreeSet<String> = change.added_flows.iter().chain(&change.changed_flows).cloned().collect();
+        if change.throttles_changed {
+            // A flow whose matching throttle is now another entry (or none) needs its tasks to pick it up.
+            for flow in &config.flows {
+                let key = |config: &Config| {
+                    config.throttle_for(&flow.source, &flow.target).map(|(_, t)| (t.from.clone(), t.to.clone()))
+                };
+                if old.flows.iter().any(|f| f.name == flow.name) && key(&old) != key(&config) {
+                    rebuild.insert(flow.name.clone());
+                }
+            }
+        }
+        for name in &change.removed_flows {
+            let _ = shared.flow_updates.send(FlowUpdate::Remove(name.clone())).await;
+        }
+        for flow in config.flows.iter().filter(|flow| rebuild.contains(&flow.name)) {
+            let stored = if shared.coordinated {
+                BTreeMap::new()
+            } else {
+                match shared.store.load(&flow.name).await {
+                    Ok(stored) => stored,
+                    Err(error) => {
+                        error!(flow = flow.name.as_str(), %error, "cannot load checkpoints of a reloaded flow; not applied");
+                        continue;
+                    }
+                }
+            };
+            let runtime = lock(&shared.clients).flow_runtime(&config, flow, stored);
+            match runtime {
+                Ok(runtime) => {
+                    shared.checkpointer.touch(&flow.name);
+                    let _ = shared.flow_updates.send(FlowUpdate::Set(flow.name.clone(), runtime)).await;
+                }
+                Err(error) => error!(flow = flow.name.as_str(), %error, "cannot build the clients of a reloaded flow"),
+            }
+        }
+        if change.throttles_changed && !shared.coordinated {
+            lock(&shared.clients).apply_configured_rates(&config);
+        }
+        // Discovery, group sync and the controller follow the new config from here.
+        shared.config.send_replace(config);
+    }
+}
+
+/// A coordinated member's link to the fleet: membership sessions, the leader's controller, and task ownership.
+struct Coordinator {
+    shared: Arc<Shared>,
+    etcd: Etcd,
+    member_id: String,
+    http: String,
+    wanted: Arc<watch::Sender<Discovered>>,
+    running: watch::Receiver<BTreeSet<TaskId>>,
+    fleet: Arc<RwLock<Option<FleetStatus>>>,
+    /// The current membership, left by the member after its final checkpoint.
+    membership: Arc<Mutex<Option<Membership>>>,
+}
+
+impl Coordinator {
+    /// Joins, follows the assignment and leads when elected, until `shutdown`; rejoins when the lease is lost.
+    async fn run(self, shutdown: CancellationToken) {
+        let ttl = self
+            .shared
+            .config
+            .borrow()
+            .checkpoint
+            .etcd
+            .as_ref()
+            .map_or(Duration::from_secs(10), |e| e.lease_ttl.as_std());
+        let info = MemberInfo {
+            id: self.member_id.clone(),
+            http: self.http.clone(),
+            joined_at_ms: crate::checkpoint::now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let mut logged_failure = false;
+        while !shutdown.is_cancelled() {
+            let membership = match Membership::join(&self.etcd, &info, ttl).await {
+                Ok(membership) => membership,
+                Err(error) => {
+                    if !logged_failure {
+                        error!(%error, "cannot join the fleet through etcd; retrying");
+                        logged_failure = true;
+                    }
+                    self.publish_waiting(format!("cannot join the fleet: {error}"));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(POLL_INTERVAL) => continue,
+                    }
+                }
+            };
+            logged_failure = false;
+            *lock(&self.membership) = Some(membership.clone());
+            let lease_lost = self.session(&membership, &shutdown).await;
+            if !lease_lost {
+                return;
+            }
+            // Everything this member held is free and may already run elsewhere: stop, checkpoint, rejoin.
+            lock(&self.membership).take();
+            self.publish_waiting("the member's etcd lease expired; rejoining".to_owned());
+            let stopped = self.running.clone();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), async move {
+                let mut stopped = stopped;
+                let _ = stopped.wait_for(BTreeSet::is_empty).await;
+            })
+            .await;
+            if let Err(error) = self.shared.checkpointer.flush().await {
+                warn!(%error, "cannot checkpoint after losing the lease");
+            }
+        }
+    }
+
+    fn publish_waiting(&self, reason: String) {
+        self.shared.metrics.owned_tasks.set(0);
+        self.wanted.send_replace(Discovered { waiting_for: Some(reason), ..Discovered::default() });
+    }
+
+    /// One membership: returns `true` when it ended because the lease was lost, `false` on shutdown.
+    async fn session(&self, membership: &Membership, shutdown: &CancellationToken) -> bool {
+        let session = shutdown.child_token();
+        let lost = CancellationToken::new();
+        let mut joins = JoinSet::new();
+        {
+            let (membership, etcd, lost, session) =
+                (membership.clone(), self.etcd.clone(), lost.clone(), session.clone());
+            joins.spawn(async move { membership.keep_alive(&etcd, lost, session).await });
+        }
+        let (assigned_tx, assigned_rx) = watch::channel(None::<AssignedWork>);
+        {
+            // The supervisor keeps its own wanted channel across sessions; ownership publishes into it.
+            let (own_tx, mut own_rx) = watch::channel(Discovered::default());
+            let ownership = Ownership::new(
+                self.etcd.clone(),
+                membership.clone(),
+                self.shared.store.clone(),
+                self.shared.checkpointer.clone(),
+                self.shared.registry.clone(),
+                self.shared.config.subscribe(),
+                assigned_rx,
+                self.running.clone(),
+                own_tx,
+                self.shared.metrics.clone(),
+                DRAIN_TIMEOUT,
+            );
+            let session = session.clone();
+            joins.spawn(ownership.run(session.clone()));
+            let wanted = self.wanted.clone();
+            joins.spawn(async move {
+                loop {
+                    wanted.send_replace(own_rx.borrow_and_update().clone());
+                    tokio::select! {
+                        _ = session.cancelled() => return,
+                        changed = own_rx.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
+        }
+        let mut controller: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fleet_due = tokio::time::Instant::now();
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        let lease_lost = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break false,
+                _ = lost.cancelled() => break true,
+                _ = ticker.tick() => {}
+            }
+            if controller.as_ref().is_some_and(|(_, handle)| handle.is_finished()) {
+                controller = None;
+            }
+            let leader = match campaign_and_observe(&self.etcd, membership).await {
+                Ok(observed) => {
+                    if let Some(work) = &observed.assignment {
+                        lock(&self.shared.clients).apply_shares(&work.throttles);
+                    }
+                    assigned_tx.send_if_modified(|current| {
+                        let changed = *current != observed.assignment;
+                        *current = observed.assignment.clone();
+                        changed
+                    });
+                    match (observed.leadership, &controller) {
+                        (Some(leadership), None) => controller = Some(self.start_controller(leadership, &session)),
+                        (None, Some((token, _))) => {
+                            info!("no longer the leader; stopping the controller");
+                            token.cancel();
+                            controller = None;
+                        }
+                        _ => {}
+                    }
+                    observed.leader
+                }
+                Err(error) => {
+                    if unreachable_since.is_none() {
+                        warn!(%error, "cannot read the assignment from etcd; running on the current one until it answers");
+                        unreachable_since = Some(tokio::time::Instant::now());
+                    }
+                    continue;
+                }
+            };
+            if let Some(since) = unreachable_since.take() {
+                info!(after = ?since.elapsed(), "etcd answers again");
+            }
+            if tokio::time::Instant::now() >= fleet_due {
+                fleet_due = tokio::time::Instant::now() + FLEET_VIEW_INTERVAL;
+                match fleet_view(&self.etcd).await {
+                    Ok(members) => {
+                        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) =
+                            Some(FleetStatus { member: self.member_id.clone(), leader: leader.clone(), members });
+                    }
+                    Err(error) => debug!(%error, "cannot read the fleet's members"),
+                }
+            }
+        };
+        session.cancel();
+        if let Some((token, handle)) = controller {
+            token.cancel();
+            let _ = handle.await;
+        }
+        while joins.join_next().await.is_some() {}
+        lease_lost
+    }
+
+    fn start_controller(
+        &self,
+        leadership: crate::election::Leadership,
+        session: &CancellationToken,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let token = session.child_token();
+        let (shared, etcd, member) = (self.shared.clone(), self.etcd.clone(), self.member_id.clone());
+        let stop = token.clone();
+        let handle = tokio::spawn(async move {
+            let (discovered_tx, discovered_rx) = watch::channel(Discovered::default());
+            let taken = Controller::take_over(
+                etcd,
+                member,
+                leadership,
+                shared.config.subscribe(),
+                discovered_rx,
+                shared.etcd_store.clone(),
+                shared.metrics.clone(),
+            )
+            .await;
+            let (controller, seed) = match taken {
+                Ok(taken) => taken,
+                Err(error) => {
+                    warn!(%error, "cannot take over as controller; trying again next poll");
+                    return;
+                }
+            };
+            let services = stop.child_token();
+            let lead_handle = tokio::spawn(lead(shared.clone(), Arc::new(discovered_tx), seed, services.clone()));
+            if let Err(error) = controller.run(stop.clone()).await {
+                warn!(%error, "controller stopped");
+            }
+            services.cancel();
+            let _ = lead_handle.await;
+            shared.metrics.leader.set(0);
+        });
+        (token, handle)
+    }
+}
+
+/// The live members with their assigned task counts.
+async fn fleet_view(etcd: &Etcd) -> Result<Vec<FleetMember>, CoordinationError> {
+    let members = live_members(etcd).await?;
+    let prefix = etcd.key(&assignment_key(""));
+    let response = {
+        let prefix = prefix.clone();
+        etcd.timed("assignments_get", |mut client| async move {
+            client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
+        })
+        .await?
+    };
+    let mut counts = BTreeMap::new();
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let work: AssignedWork = decode(&key, kv.value())?;
+        counts.insert(key.trim_start_matches(&prefix).to_owned(), work.task_ids().len());
+    }
+    Ok(members
+        .into_values()
+        .map(|info| FleetMember {
+            assigned_tasks: counts.get(&info.id).copied().unwrap_or(0),
+            id: info.id,
+            http: info.http,
+        })
+        .collect())
+}
+
+/// The address other hosts reach this member's HTTP endpoint at: the pod IP on Kubernetes (`POD_IP`), else the
+/// bound address, with an unspecified IP replaced by the host name.
+fn advertised(bound: SocketAddr) -> String {
+    if let Ok(ip) = std::env::var("POD_IP") {
+        if !ip.is_empty() {
+            return format!("{ip}:{}", bound.port());
+        }
+    }
+    if bound.ip().is_unspecified() {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        if !host.is_empty() {
+            return format!("{host}:{}", bound.port());
+        }
+    }
+    bound.to_string()
 }
 
 /// Refreshes the lag gauges, readiness and `/status` every second.
 async fn report_status(
-    metrics: Metrics,
-    registry: Arc<Registry>,
-    sources: BTreeMap<String, Arc<SourceConsumer>>,
+    shared: Arc<Shared>,
     wanted: watch::Receiver<Discovered>,
+    fleet: Arc<RwLock<Option<FleetStatus>>>,
     status: Arc<RwLock<Status>>,
     shutdown: CancellationToken,
 ) {
+    let metrics = &shared.metrics;
     let mut gauges = LagGauges::default();
     let mut ticker = tokio::time::interval(STATUS_INTERVAL);
     loop {
@@ -307,25 +831,37 @@ async fn report_status(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let discovered = wanted.borrow().clone();
         let now_ms = crate::checkpoint::now_ms();
-        let mut lags = Vec::with_capacity(discovered.tasks.len());
-        for id in discovered.tasks.keys() {
-            let (Some(progress), Some(source)) = (registry.get(id), sources.get(&*id.flow)) else { continue };
-            let end = source.end_offset(&id.topic, id.partition);
-            lags.push(lag::task_lag(id, &progress.lag_inputs(), end, now_ms));
-        }
-        gauges.publish(&metrics, &lags);
-        let not_ready_reason = if !discovered.ever_complete {
-            Some("no complete look at the clusters yet (see ferry_cluster_up and the logs)".to_owned())
-        } else if !discovered.complete {
-            Some("a cluster did not answer the last discovery (see ferry_cluster_up)".to_owned())
-        } else {
-            None
+        let sources = lock(&shared.clients).sources.clone();
+        let (lags, not_ready_reason) = {
+            let discovered = wanted.borrow();
+            let mut lags = Vec::with_capacity(discovered.tasks.len());
+            for id in discovered.tasks.keys() {
+                let (Some(progress), Some(source)) = (shared.registry.get(id), sources.get(&*id.flow)) else {
+                    continue;
+                };
+                let end = source.end_offset(&id.topic, id.partition);
+                lags.push(lag::task_lag(id, &progress.lag_inputs(), end, now_ms));
+            }
+            let reason = if let Some(waiting) = &discovered.waiting_for {
+                Some(waiting.clone())
+            } else if !discovered.ever_complete {
+                Some("no complete look at the clusters yet (see ferry_cluster_up and the logs)".to_owned())
+            } else if !discovered.complete {
+                Some("a cluster did not answer the last discovery (see ferry_cluster_up)".to_owned())
+            } else {
+                None
+            };
+            if !shared.coordinated {
+                metrics.owned_tasks.set(i64::try_from(discovered.tasks.len()).unwrap_or(i64::MAX));
+            }
+            (lags, reason)
         };
+        gauges.publish(metrics, &lags);
         metrics.ready.set(i64::from(not_ready_reason.is_none()));
+        let fleet = fleet.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let mut status = status.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *status = Status { ready: not_ready_reason.is_none(), not_ready_reason, tasks: lags };
+        *status = Status { ready: not_ready_reason.is_none(), not_ready_reason, tasks: lags, fleet };
     }
     let mut status = status.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     status.ready = false;

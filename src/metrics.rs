@@ -289,12 +289,62 @@ impl Metrics {
         self.names.clone()
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric. A family without samples yet (a label vector with no
+    /// children: no etcd request sent, no throttle share assigned) is still exported, as its `# HELP` and `# TYPE`
+    /// lines, so a scrape lists every metric ferry has and "none yet" differs from "not exported".
     pub fn render(&self) -> String {
+        use prometheus::core::Collector;
+        use std::io::Write as _;
+
+        let mut families = self.registry.gather();
+        let gathered: std::collections::HashSet<String> = families.iter().map(|f| f.name().to_owned()).collect();
+        // `gather()` leaves out families without samples, and only label vectors can have none. Every registered
+        // vector is listed here (tests/dashboards.rs checks that each name of `names()` is exported).
+        let vectors: &[&dyn Collector] = &[
+            &self.records_replicated,
+            &self.bytes_replicated,
+            &self.duplicates,
+            &self.records_skipped,
+            &self.lag_records,
+            &self.lag_seconds,
+            &self.end_to_end_latency,
+            &self.throttle_wait_seconds,
+            &self.tasks,
+            &self.task_failures,
+            &self.checkpoint_age_seconds,
+            &self.checkpoint_writes,
+            &self.checkpoint_failures,
+            &self.cluster_up,
+            &self.topic_syncs,
+            &self.build_info,
+            &self.client_errors,
+            &self.assigned_tasks,
+            &self.throttle_rate_bytes,
+            &self.etcd_requests,
+            &self.etcd_errors,
+            &self.etcd_latency,
+            &self.config_reloads,
+        ];
+        families.extend(vectors.iter().flat_map(|vector| vector.collect()).filter(|f| !gathered.contains(f.name())));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+
+        let encoder = TextEncoder::new();
         let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("encoding gathered metrics into memory cannot fail");
+        for family in &families {
+            if family.get_metric().is_empty() {
+                // The header TextEncoder writes before a family's samples (it refuses a family without any).
+                if !family.help().is_empty() {
+                    let help = family.help().replace('\\', "\\\\").replace('\n', "\\n");
+                    let _ = writeln!(buffer, "# HELP {} {help}", family.name());
+                }
+                let kind = format!("{:?}", family.get_field_type()).to_lowercase();
+                let _ = writeln!(buffer, "# TYPE {} {kind}", family.name());
+            } else {
+                encoder
+                    .encode(std::slice::from_ref(family), &mut buffer)
+                    .expect("encoding gathered metrics into memory cannot fail");
+            }
+        }
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
 }

@@ -178,6 +178,14 @@ impl TaskProgress {
         }
     }
 
+    /// Progress that resumes a position another member stored, marked unsaved so this member writes its own copy
+    /// (the other member's copy can then be cleared).
+    pub fn resumed(position: Position) -> Self {
+        let progress = Self::new(position);
+        progress.lock().version = 1;
+        progress
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panic while holding this lock cannot leave the position half-written (all updates are plain stores),
         // so a poisoned lock is still safe to read.

@@ -4,15 +4,15 @@
 //! Invariant: at most one task runs per partition. A task is started again only after its previous run has been
 //! joined, so two loops never produce the same partition.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoint, TaskKey};
 use crate::discovery::{Discovered, TaskSpec};
@@ -43,6 +43,15 @@ pub struct FlowRuntime {
     pub stored: BTreeMap<TaskKey, Checkpoint>,
 }
 
+/// A change to the flows the supervisor runs, from a config reload.
+#[derive(Debug)]
+pub enum FlowUpdate {
+    /// Adds a flow, or replaces one whose settings changed: its running tasks restart with the new runtime.
+    Set(String, FlowRuntime),
+    /// Removes a flow: its tasks stop.
+    Remove(String),
+}
+
 /// Starts, stops and restarts tasks to match what discovery wants.
 pub struct Supervisor {
     flows: BTreeMap<String, FlowRuntime>,
@@ -57,6 +66,8 @@ pub struct Supervisor {
     retries: HashMap<TaskId, Instant>,
     /// Consecutive failures per task, for the backoff.
     failures: HashMap<TaskId, u32>,
+    /// The tasks running now, for whoever must wait until a task stopped (ownership hand-over).
+    running_tx: watch::Sender<BTreeSet<TaskId>>,
 }
 
 impl Supervisor {
@@ -77,12 +88,23 @@ impl Supervisor {
             join_ids: HashMap::new(),
             retries: HashMap::new(),
             failures: HashMap::new(),
+            running_tx: watch::channel(BTreeSet::new()).0,
         }
+    }
+
+    /// The set of running tasks, updated as tasks start and stop.
+    pub fn running(&self) -> watch::Receiver<BTreeSet<TaskId>> {
+        self.running_tx.subscribe()
     }
 
     /// Follows `wanted` until `shutdown`, then stops every task and waits for each to flush (bounded by the
     /// drain timeout).
-    pub async fn run(mut self, mut wanted: watch::Receiver<Discovered>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut wanted: watch::Receiver<Discovered>,
+        mut updates: mpsc::Receiver<FlowUpdate>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let next_retry = self.retries.values().min().copied();
             tokio::select! {
@@ -103,9 +125,34 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
                     self.reconcile(&wanted.borrow().tasks);
                 }
+                Some(update) = updates.recv() => {
+                    self.update_flow(update);
+                    self.reconcile(&wanted.borrow().tasks);
+                }
             }
         }
         self.stop_all().await;
+    }
+
+    fn update_flow(&mut self, update: FlowUpdate) {
+        let name = match update {
+            FlowUpdate::Set(name, runtime) => {
+                info!(flow = name.as_str(), "flow (re)configured");
+                self.flows.insert(name.clone(), runtime);
+                name
+            }
+            FlowUpdate::Remove(name) => {
+                info!(flow = name.as_str(), "flow removed");
+                self.flows.remove(&name);
+                name
+            }
+        };
+        // Running tasks of the flow stop; those still wanted start again with the new runtime once joined.
+        for (id, stop) in &self.running {
+            if *id.flow == *name {
+                stop.cancel();
+            }
+        }
     }
 
     fn reconcile(&mut self, wanted: &BTreeMap<TaskId, TaskSpec>) {
@@ -129,14 +176,25 @@ impl Supervisor {
 
     fn start(&mut self, spec: &TaskSpec) {
         let Some(flow) = self.flows.get(&*spec.id.flow) else {
-            error!(task = %spec.id, "no runtime for the task's flow");
+            // A reload is adding or removing the flow; the wanted set catches up within one discovery.
+            debug!(task = %spec.id, "no runtime for the task's flow yet");
             return;
         };
-        let progress = self.registry.get(&spec.id).unwrap_or_else(|| {
-            let key = TaskKey { topic: spec.id.topic.to_string(), partition: spec.id.partition };
-            let position = flow.stored.get(&key).map_or_else(|| Position::starting_at(0), |c| c.position.clone());
-            Arc::new(TaskProgress::new(position))
-        });
+        let known = self.registry.get(&spec.id);
+        let progress = match (&spec.resume, known) {
+            // The store's position is further than this member's (the task ran elsewhere meanwhile).
+            (Some(resume), known)
+                if known.as_ref().is_none_or(|p| p.position().next_source_offset < resume.next_source_offset) =>
+            {
+                Arc::new(TaskProgress::resumed(resume.clone()))
+            }
+            (_, Some(known)) => known,
+            (_, None) => {
+                let key = TaskKey { topic: spec.id.topic.to_string(), partition: spec.id.partition };
+                let position = flow.stored.get(&key).map_or_else(|| Position::starting_at(0), |c| c.position.clone());
+                Arc::new(TaskProgress::new(position))
+            }
+        };
         progress.set_state(TaskState::Running);
         self.registry.insert(spec.id.clone(), progress.clone());
         let ctx = TaskContext {
@@ -156,6 +214,9 @@ impl Supervisor {
         let span = info_span!("task", flow = %id.flow, topic = %id.topic, partition = id.partition);
         let handle = self.joins.spawn(task::run(ctx, stop).instrument(span));
         self.join_ids.insert(handle.id(), id.clone());
+        self.running_tx.send_modify(|running| {
+            running.insert(id.clone());
+        });
     }
 
     fn joined(&mut self, joined: Result<(tokio::task::Id, Result<(), TaskError>), tokio::task::JoinError>) {
@@ -166,6 +227,9 @@ impl Supervisor {
         };
         let Some(id) = self.join_ids.remove(&join_id) else { return };
         self.running.remove(&id);
+        self.running_tx.send_modify(|running| {
+            running.remove(&id);
+        });
         let Some((reason, retriable)) = failure else {
             self.failures.remove(&id);
             return;

@@ -456,7 +456,7 @@ mod tests {
         let id = TaskId::new("flow", "orders", 0);
         let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
         let ctx = TaskContext {
-            spec: TaskSpec { id: id.clone(), target_topic: "remote.orders".to_owned() },
+            spec: TaskSpec { id: id.clone(), target_topic: "remote.orders".to_owned(), resume: None },
             source: Arc::new(SourceConsumer::new("flow", "mock", &cluster(&bootstrap), &metrics).unwrap()),
             target: TargetProducer::new("mock", &cluster(&bootstrap), &metrics).unwrap(),
             throttle: None,

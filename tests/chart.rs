@@ -1,5 +1,7 @@
-//! The Helm chart (`helm/ferry`): `helm lint` and `helm template` with the default values and with the
-//! production-like `helm/ferry/ci/production-values.yaml`, and assertions on the rendered manifests.
+//! The Helm chart (`helm/ferry`): `helm lint` and `helm template` with the default values (file store: one member in
+//! a StatefulSet), with the production-like `helm/ferry/ci/production-values.yaml` (etcd store: a Deployment of three
+//! members) and with a minimal etcd install, and assertions on the rendered manifests; the rendered ferry config
+//! must pass `ferry check-config`.
 //!
 //! helm comes from `scripts/install-helm` (helm on PATH, else built once from its Go module and cached). These tests
 //! never skip: without helm they fail and say how to get it. `FERRY_HELM=/path/to/helm` overrides the lookup.
@@ -113,13 +115,45 @@ fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
-fn ferry_container(sts: &Value) -> &Value {
-    sts["spec"]["template"]["spec"]["containers"]
+/// The one workload of a render: the StatefulSet (file store) or the Deployment (etcd store), never both.
+fn workload(docs: &[Value]) -> &Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment").collect();
+    assert_eq!(found.len(), 1, "expected exactly one StatefulSet or Deployment, found {}", found.len());
+    found[0]
+}
+
+fn pod_spec(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]
+}
+
+fn ferry_container(workload: &Value) -> &Value {
+    pod_spec(workload)["containers"]
         .as_array()
         .expect("containers")
         .iter()
         .find(|c| c["name"] == "ferry")
         .expect("a container named ferry")
+}
+
+fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"].as_array().expect("env").iter().find(|e| e["name"] == name)
+}
+
+fn volume<'a>(workload: &'a Value, name: &Value) -> &'a Value {
+    pod_spec(workload)["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| &v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The ferry YAML in the rendered ConfigMap, as text and parsed.
+fn rendered_config(docs: &[Value]) -> (String, Value) {
+    let text = one(docs, "ConfigMap")["data"]["ferry.yaml"].as_str().expect("ConfigMap data ferry.yaml").to_owned();
+    let parsed: Value =
+        serde_norway::from_str(&text).unwrap_or_else(|e| panic!("the ConfigMap's ferry.yaml is not YAML: {e}\n{text}"));
+    (text, parsed)
 }
 
 fn default_render() -> Vec<Value> {
@@ -128,6 +162,14 @@ fn default_render() -> Vec<Value> {
 
 fn production_render() -> Vec<Value> {
     template(&["-f", production_values().to_str().unwrap()])
+}
+
+/// The smallest etcd install: the default values plus one endpoint.
+const MINIMAL_ETCD: &[&str] = &["--set", "checkpoint.store=etcd,checkpoint.etcd.endpoints={http://etcd.platform:2379}"];
+
+/// Every render the assertions below run on: (name, manifests).
+fn renders() -> Vec<(&'static str, Vec<Value>)> {
+    vec![("default", default_render()), ("production", production_render()), ("minimal etcd", template(MINIMAL_ETCD))]
 }
 
 #[test]
@@ -144,6 +186,7 @@ fn lint_passes_with_default_and_production_values() {
             "--set",
             "prometheusRule.enabled=true,serviceMonitor.enabled=true",
         ],
+        [vec!["lint", "--strict", chart.to_str().unwrap()], MINIMAL_ETCD.to_vec()].concat(),
     ] {
         let out = run_helm(&args);
         assert!(out.status.success(), "{}", describe(&args, &out));
@@ -151,11 +194,81 @@ fn lint_passes_with_default_and_production_values() {
 }
 
 #[test]
+fn the_checkpoint_store_decides_statefulset_or_deployment() {
+    // File store (the default): one member in a StatefulSet with its PersistentVolumeClaim.
+    let docs = default_render();
+    assert!(of_kind(&docs, "Deployment").is_empty(), "the file store renders no Deployment");
+    let sts = one(&docs, "StatefulSet");
+    assert_eq!(sts["spec"]["replicas"], 1, "the file store runs one member");
+    let claims = sts["spec"]["volumeClaimTemplates"].as_array().expect("a volumeClaimTemplate for the checkpoints");
+    assert_eq!(claims[0]["metadata"]["name"], "data");
+    let container = ferry_container(sts);
+    let data_mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "data").unwrap();
+    let (_, config) = rendered_config(&docs);
+    assert_eq!(config["checkpoint"]["store"], "file");
+    assert_eq!(config["checkpoint"]["path"], data_mount["mountPath"], "the file store writes to the claim");
+    assert!(config["checkpoint"].get("etcd").is_none(), "no etcd section with the file store");
+    assert!(env_var(container, "FERRY_ETCD_PASSWORD").is_none());
+
+    // etcd store: a Deployment of `replicas` members, nothing on disk.
+    for (name, docs, replicas) in [("production", production_render(), 3), ("minimal etcd", template(MINIMAL_ETCD), 1)]
+    {
+        assert!(of_kind(&docs, "StatefulSet").is_empty(), "{name}: the etcd store renders no StatefulSet");
+        let deployment = one(&docs, "Deployment");
+        assert_eq!(deployment["apiVersion"], "apps/v1");
+        assert_eq!(deployment["spec"]["replicas"], replicas, "{name}: replicas from the values");
+        assert!(deployment["spec"].get("volumeClaimTemplates").is_none());
+        let update = &deployment["spec"]["strategy"]["rollingUpdate"];
+        assert_eq!(update["maxUnavailable"], 0, "{name}: a rollout never runs fewer members than replicas");
+        assert_eq!(update["maxSurge"], 1, "{name}");
+        let selector = deployment["spec"]["selector"]["matchLabels"].as_object().expect("selector");
+        for (k, v) in selector {
+            assert_eq!(&deployment["spec"]["template"]["metadata"]["labels"][k], v, "{name}: pod label {k}");
+        }
+        let volumes = pod_spec(deployment)["volumes"].as_array().unwrap();
+        assert!(volumes.iter().all(|v| v["name"] != "data"), "{name}: no checkpoint volume with etcd");
+        let (_, config) = rendered_config(&docs);
+        assert_eq!(config["checkpoint"]["store"], "etcd", "{name}");
+        assert!(config["checkpoint"].get("path").is_none(), "{name}: no file store path with etcd");
+        let endpoints = config["checkpoint"]["etcd"]["endpoints"].as_array().expect("endpoints");
+        assert!(!endpoints.is_empty(), "{name}: etcd endpoints in the config");
+    }
+
+    // The production example's etcd values land in the config, the env and the volumes.
+    let docs = production_render();
+    let deployment = one(&docs, "Deployment");
+    let container = ferry_container(deployment);
+    let (_, config) = rendered_config(&docs);
+    let etcd = &config["checkpoint"]["etcd"];
+    assert_eq!(etcd["endpoints"][2], "https://etcd-2.etcd.platform.svc:2379");
+    assert_eq!(etcd["prefix"], "/ferry/prod");
+    assert_eq!(etcd["lease_ttl"], "10s");
+    assert_eq!(etcd["username"], "ferry");
+    assert_eq!(etcd["password"], serde_json::json!({ "env": "FERRY_ETCD_PASSWORD" }), "password is a reference");
+    let password = env_var(container, "FERRY_ETCD_PASSWORD").expect("FERRY_ETCD_PASSWORD in the env");
+    assert_eq!(password["valueFrom"]["secretKeyRef"], serde_json::json!({ "name": "ferry-etcd", "key": "password" }));
+    assert!(password.get("value").is_none(), "the password is never a literal env value");
+    let tls_mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "etcd-tls")
+        .expect("the etcd TLS Secret is mounted");
+    assert_eq!(tls_mount["readOnly"], true);
+    assert_eq!(volume(deployment, &tls_mount["name"])["secret"]["secretName"], "ferry-etcd-tls");
+    let dir = tls_mount["mountPath"].as_str().unwrap();
+    for (key, file) in [("ca_file", "ca.crt"), ("cert_file", "tls.crt"), ("key_file", "tls.key")] {
+        assert_eq!(etcd["tls"][key], format!("{dir}/{file}"), "{key} is a file of the mounted Secret");
+    }
+    assert_eq!(config["checkpoint"]["interval"], "5s");
+}
+
+#[test]
 fn probes_use_healthz_and_readyz_on_the_metrics_port() {
-    for (name, docs) in [("default", default_render()), ("production", production_render())] {
-        let sts = one(&docs, "StatefulSet");
+    for (name, docs) in renders() {
+        let workload = workload(&docs);
         let service = one(&docs, "Service");
-        let container = ferry_container(sts);
+        let container = ferry_container(workload);
         let metrics_port = &service["spec"]["ports"][0];
         assert_eq!(metrics_port["name"], "http", "{name}: the Service's metrics port");
         let port_number = metrics_port["port"].as_i64().expect("Service port is a number");
@@ -175,45 +288,104 @@ fn probes_use_healthz_and_readyz_on_the_metrics_port() {
             assert_eq!(get["port"], "http", "{name}: {probe} port is the metrics port");
         }
         // ferry itself listens on that port (the chart owns http.listen).
-        let listen = container["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .find(|e| e["name"] == "FERRY_HTTP__LISTEN")
-            .expect("FERRY_HTTP__LISTEN is set");
+        let listen = env_var(container, "FERRY_HTTP__LISTEN").expect("FERRY_HTTP__LISTEN is set");
         assert_eq!(listen["value"], format!("0.0.0.0:{port_number}"), "{name}: ferry listens on the metrics port");
+        // Members advertise their pod IP (with that port) to each other.
+        let pod_ip = env_var(container, "POD_IP").expect("POD_IP is set");
+        assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP", "{name}: POD_IP from the pod status");
+        // The Service selects the pods.
+        for (k, v) in service["spec"]["selector"].as_object().expect("Service selector") {
+            assert_eq!(&workload["spec"]["template"]["metadata"]["labels"][k], v, "{name}: Service selects {k}");
+        }
     }
 }
 
 #[test]
-fn config_is_mounted_at_etc_ferry_from_the_configmap() {
-    for (name, docs) in [("default", default_render()), ("production", production_render())] {
-        let sts = one(&docs, "StatefulSet");
+fn config_is_mounted_at_etc_ferry_from_the_configmap_and_passes_check_config() {
+    for (name, docs) in renders() {
+        let workload = workload(&docs);
         let configmap = one(&docs, "ConfigMap");
-        let container = ferry_container(sts);
+        let container = ferry_container(workload);
         let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(args, ["run", "--config", "/etc/ferry/ferry.yaml"], "{name}: container args");
+        assert_eq!(args, ["run", "--config", "/etc/ferry/config/ferry.yaml"], "{name}: container args");
 
+        // The ConfigMap is mounted as a directory (no subPath), so kubelet refreshes the file when it changes and
+        // ferry reloads flows and throttles without a restart.
         let mount = container["volumeMounts"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["mountPath"] == "/etc/ferry/ferry.yaml")
-            .unwrap_or_else(|| panic!("{name}: nothing mounted at /etc/ferry/ferry.yaml"));
-        assert_eq!(mount["subPath"], "ferry.yaml", "{name}: config mount subPath");
-        let volume = sts["spec"]["template"]["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .expect("the config volume");
-        assert_eq!(volume["configMap"]["name"], configmap["metadata"]["name"], "{name}: volume is the ConfigMap");
-        let config = configmap["data"]["ferry.yaml"].as_str().expect("ConfigMap data ferry.yaml");
-        let parsed: Value = serde_norway::from_str(config).expect("the ConfigMap's ferry.yaml is YAML");
-        assert!(parsed["flows"].is_array(), "{name}: the config has flows:\n{config}");
+            .find(|m| m["mountPath"] == "/etc/ferry/config")
+            .unwrap_or_else(|| panic!("{name}: nothing mounted at /etc/ferry/config"));
+        assert!(mount.get("subPath").is_none(), "{name}: a subPath mount never sees ConfigMap updates");
+        assert_eq!(mount["readOnly"], true, "{name}: config mount is read-only");
+        let config_volume = volume(workload, &mount["name"]);
+        assert_eq!(
+            config_volume["configMap"]["name"], configmap["metadata"]["name"],
+            "{name}: volume is the ConfigMap"
+        );
+        assert!(configmap["data"]["ferry.yaml"].is_string(), "{name}: the ConfigMap's key is ferry.yaml");
+        let (text, config) = rendered_config(&docs);
+        assert!(config["flows"].is_array(), "{name}: the config has flows:\n{text}");
 
-        assert_eq!(sts["spec"]["replicas"], 1, "{name}: one member until etcd coordination exists");
+        // ferry itself accepts the rendered config (the chart's checkpoint section included).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("check-config")
+            .arg(&path)
+            // The variables the configs reference with { env: VAR }; their values do not matter here.
+            .env("FERRY_US_EAST_SASL_PASSWORD", "x")
+            .env("FERRY_EU_WEST_SASL_PASSWORD", "x")
+            .env("FERRY_ETCD_PASSWORD", "x")
+            .output()
+            .expect("run ferry check-config");
+        assert!(
+            out.status.success(),
+            "{name}: ferry check-config refuses the rendered config:\n{}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+}
+
+#[test]
+fn only_config_changes_ferry_cannot_reload_roll_the_pods() {
+    let checksum = |config: &str, extra: &[&str]| {
+        let (_dir, values) = values_file(&format!("config: |\n{}", textwrap(config)));
+        let docs = template(&[&["-f", values.to_str().unwrap()], extra].concat());
+        let annotations = &workload(&docs)["spec"]["template"]["metadata"]["annotations"];
+        annotations["checksum/config"].as_str().expect("checksum/config annotation").to_owned()
+    };
+    let base = "clusters:\n  a: { bootstrap_servers: \"a:9092\" }\n  b: { bootstrap_servers: \"b:9092\" }\n\
+                flows:\n  - { name: f, source: a, target: b, topics: { include: [x] } }\n";
+    let more_flows = format!("{base}  - {{ name: g, source: b, target: a, topics: {{ include: [y] }} }}\n");
+    let throttled = format!("{base}throttles:\n  - {{ from: a, to: b, rate: 1MiB/s }}\n");
+    let other_cluster = base.replace("a:9092", "a2:9092");
+    let slower_discovery = format!("{base}discovery:\n  interval: 1m\n");
+    for store in [&[][..], MINIMAL_ETCD] {
+        let before = checksum(base, store);
+        // Flows and throttles: the ConfigMap changes, the pods stay (ferry reloads the mounted file).
+        assert_eq!(checksum(&more_flows, store), before, "a new flow must not roll the pods");
+        assert_eq!(checksum(&throttled, store), before, "a throttle change must not roll the pods");
+        // Anything ferry applies only at start rolls them.
+        assert_ne!(checksum(&other_cluster, store), before, "a cluster change rolls the pods");
+        assert_ne!(checksum(&slower_discovery, store), before, "a discovery change rolls the pods");
+        assert_ne!(
+            checksum(base, &[store, &["--set", "checkpoint.interval=2s"]].concat()),
+            before,
+            "a checkpoint change rolls the pods"
+        );
+        // restartOnConfigChange: every change rolls them.
+        let restart = [store, &["--set", "restartOnConfigChange=true"]].concat();
+        assert_ne!(checksum(&more_flows, &restart), checksum(base, &restart));
+    }
+}
+
+/// `text` indented by two spaces, for a YAML block scalar.
+fn textwrap(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
 }
 
 #[test]
@@ -227,6 +399,7 @@ fn no_secret_value_in_any_configmap() {
     for extra in [
         vec!["-f", values.to_str().unwrap()],
         vec!["-f", production_values().to_str().unwrap(), "-f", values.to_str().unwrap()],
+        [MINIMAL_ETCD, &["-f", values.to_str().unwrap()]].concat(),
     ] {
         let text = template_text(&extra);
         // The secret was fed in (so the check below means something) ...
@@ -245,27 +418,69 @@ fn no_secret_value_in_any_configmap() {
         }
         // Secrets are referenced, never created by the chart.
         assert!(of_kind(&docs, "Secret").is_empty(), "the chart must not render Secrets");
+        // The etcd password, when there is one, is a reference to the environment.
+        let (_, config) = rendered_config(&docs);
+        if let Some(password) = config["checkpoint"]["etcd"].get("password") {
+            assert_eq!(password, &serde_json::json!({ "env": "FERRY_ETCD_PASSWORD" }));
+        }
     }
 }
 
 #[test]
 fn termination_grace_exceeds_ferry_shutdown() {
-    for (name, docs) in [("default", default_render()), ("production", production_render())] {
-        let sts = one(&docs, "StatefulSet");
-        let grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().expect("grace period");
-        // ferry drains for up to 20 s, then writes the final checkpoint.
-        assert!(grace > 30, "{name}: terminationGracePeriodSeconds {grace} is not above 30");
+    for (name, docs) in renders() {
+        let grace = pod_spec(workload(&docs))["terminationGracePeriodSeconds"].as_i64().expect("grace period");
+        // ferry drains for up to 20 s, then writes the final checkpoint, flushes and releases its tasks.
+        assert!(grace >= 45, "{name}: terminationGracePeriodSeconds {grace} is under 45");
     }
+}
+
+/// `helm` with each of `verbs` (`template`, `lint`) and `yaml` as a values file must fail; returns the outputs.
+fn rejected_by(verbs: &[&str], yaml: &str) -> Vec<String> {
+    let chart = chart();
+    let (_dir, values) = values_file(yaml);
+    verbs
+        .iter()
+        .map(|verb| {
+            let args = if *verb == "template" {
+                vec!["template", "ferry", chart.to_str().unwrap(), "-f", values.to_str().unwrap()]
+            } else {
+                vec!["lint", chart.to_str().unwrap(), "-f", values.to_str().unwrap()]
+            };
+            let out = run_helm(&args);
+            assert!(!out.status.success(), "values {yaml:?} should be rejected\n{}", describe(&args, &out));
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        })
+        .collect()
+}
+
+/// Schema errors stop both `helm template` (and so install/upgrade) and `helm lint`.
+fn rejected(yaml: &str) -> Vec<String> {
+    rejected_by(&["template", "lint"], yaml)
 }
 
 #[test]
 fn schema_rejects_bad_values_naming_the_field() {
-    let chart = chart();
     let cases: &[(&str, &str)] = &[
-        ("replicas: 3\n", "replicas"),
         ("replicaCount: 2\n", "replicaCount"),
+        ("replicas: \"3\"\n", "replicas"),
+        ("replicas: 0\n", "replicas"),
+        // The file store belongs to one process.
+        ("replicas: 2\n", "/replicas"),
+        ("replicas: 3\ncheckpoint:\n  store: file\n", "/replicas"),
+        // The etcd store needs its endpoints (the chart does not ship etcd).
+        ("checkpoint:\n  store: etcd\n", "endpoints"),
+        ("checkpoint:\n  store: etcd\n  etcd:\n    endpoints: []\n", "endpoints"),
+        ("checkpoint:\n  store: memory\n", "store"),
+        (
+            "checkpoint:\n  store: etcd\n  etcd:\n    endpoints: [\"http://e:2379\"]\n    password: hunter2\n",
+            "password",
+        ),
+        ("checkpoint:\n  store: etcd\n  etcd:\n    endpoints: [\"http://e:2379\"]\n    prefix: /ferry/\n", "prefix"),
+        ("checkpoint:\n  interval: 5\n", "interval"),
         ("terminationGracePeriodSeconds: \"45\"\n", "terminationGracePeriodSeconds"),
         ("terminationGracePeriodSeconds: 10\n", "terminationGracePeriodSeconds"),
+        ("terminationGracePeriodSeconds: 40\n", "terminationGracePeriodSeconds"),
         ("config: null\n", "config"),
         ("config: \"\"\n", "config"),
         ("service:\n  port: metrics\n", "port"),
@@ -273,28 +488,58 @@ fn schema_rejects_bad_values_naming_the_field() {
         ("image:\n  repository: ferry\n  pullPolicy: Sometimes\n", "pullPolicy"),
         ("persistence:\n  enabled: \"yes\"\n", "enabled"),
         ("secretMounts:\n  - name: tls\n    secretName: t\n    mountPath: /etc/ferry\n", "mountPath"),
+        ("secretMounts:\n  - name: tls\n    secretName: t\n    mountPath: /etc/ferry/config\n", "mountPath"),
+        ("restartOnConfigChange: \"yes\"\n", "restartOnConfigChange"),
         ("podDisruptionBudget:\n  enabled: true\n  maxUnavailable: lots\n", "maxUnavailable"),
+        ("podAntiAffinity: always\n", "podAntiAffinity"),
         ("serviceMonitor:\n  enabled: 1\n", "enabled"),
     ];
     for (yaml, field) in cases {
-        let (_dir, values) = values_file(yaml);
-        for verb in ["template", "lint"] {
-            let args = if verb == "template" {
-                vec!["template", "ferry", chart.to_str().unwrap(), "-f", values.to_str().unwrap()]
-            } else {
-                vec!["lint", chart.to_str().unwrap(), "-f", values.to_str().unwrap()]
-            };
-            let out = run_helm(&args);
-            let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(!out.status.success(), "values {yaml:?} should be rejected\n{}", describe(&args, &out));
-            assert!(
-                all.contains(field),
-                "the error for values {yaml:?} should name {field:?}\n{}",
-                describe(&args, &out)
-            );
+        for all in rejected(yaml) {
+            assert!(all.contains(field), "the error for values {yaml:?} should name {field:?}\n{all}");
             // template: "values don't meet the specifications of the schema(s)"; lint: "[ERROR] values.yaml: - at".
             let schema_error = all.contains("schema") || all.contains("[ERROR] values.yaml");
-            assert!(schema_error, "values {yaml:?} should fail the schema\n{}", describe(&args, &out));
+            assert!(schema_error, "values {yaml:?} should fail the schema\n{all}");
+        }
+    }
+}
+
+#[test]
+fn file_store_with_several_replicas_is_refused_saying_why() {
+    for all in rejected("replicas: 2\n") {
+        // "replicas must be 1, or checkpoint.store must be etcd".
+        assert!(all.contains("'/replicas': value must be 1"), "{all}");
+        assert!(all.contains("'/checkpoint/store': value must be 'etcd'"), "{all}");
+    }
+    // With schema validation skipped, the chart itself refuses, in words.
+    let chart = chart();
+    let args = ["template", "ferry", chart.to_str().unwrap(), "--skip-schema-validation", "--set", "replicas=2"];
+    let out = run_helm(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", describe(&args, &out));
+    assert!(stderr.contains("replicas: 2 members need checkpoint.store: etcd"), "{}", describe(&args, &out));
+}
+
+#[test]
+fn the_chart_refuses_what_the_schema_cannot_express() {
+    let cases: &[(&str, &str)] = &[
+        // The chart owns the checkpoint section.
+        ("config: |\n  clusters: {}\n  checkpoint:\n    store: file\n", "config: remove its `checkpoint` section"),
+        ("config: |\n  clusters: [\n", "config: not valid YAML"),
+        (
+            "checkpoint:\n  store: etcd\n  etcd:\n    endpoints: [\"http://e:2379\"]\n    username: ferry\n",
+            "checkpoint.etcd.password.secretName: required when checkpoint.etcd.username is set",
+        ),
+        (
+            "checkpoint:\n  store: etcd\n  etcd:\n    endpoints: [\"http://e:2379\"]\n    tls:\n      secretName: t\n      \
+             key: \"\"\n",
+            "checkpoint.etcd.tls: cert and key go together",
+        ),
+    ];
+    // `helm lint` reports a template's `fail` as [INFO] and passes; install, upgrade and template stop.
+    for (yaml, message) in cases {
+        for all in rejected_by(&["template"], yaml) {
+            assert!(all.contains(message), "values {yaml:?} should fail with {message:?}\n{all}");
         }
     }
 }
@@ -332,24 +577,30 @@ fn prometheus_rule_is_dashboards_alerts_yaml() {
 }
 
 #[test]
-fn production_values_render_monitoring_pdb_affinity_and_resources() {
-    let docs = production_render();
-    let sts = one(&docs, "StatefulSet");
-    let pod_labels = &sts["spec"]["template"]["metadata"]["labels"];
-    let selector = sts["spec"]["selector"]["matchLabels"].as_object().expect("selector");
-    for (k, v) in selector {
-        assert_eq!(&pod_labels[k], v, "pod labels carry the selector label {k}");
+fn pdb_anti_affinity_resources_and_monitoring() {
+    for (name, docs) in renders() {
+        let workload = workload(&docs);
+        let selector = workload["spec"]["selector"]["matchLabels"].as_object().expect("selector");
+        // One member at a time: with several members (etcd) the others take over its tasks; with one, a drain is
+        // never blocked (minAvailable 1 would block it forever).
+        let pdb = one(&docs, "PodDisruptionBudget");
+        assert_eq!(pdb["apiVersion"], "policy/v1");
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{name}: drains evict one member at a time");
+        assert!(pdb["spec"].get("minAvailable").is_none(), "{name}: only one of minAvailable/maxUnavailable");
+        assert_eq!(pdb["spec"]["selector"]["matchLabels"].as_object(), Some(selector), "{name}: PDB selects ferry");
+
+        // Preferred anti-affinity on the hostname, against this release's pods.
+        let anti =
+            &pod_spec(workload)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(anti["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname", "{name}");
+        assert_eq!(anti["podAffinityTerm"]["labelSelector"]["matchLabels"].as_object(), Some(selector), "{name}");
+
+        let container = ferry_container(workload);
+        assert!(container["resources"]["requests"]["memory"].is_string(), "{name}: memory request set");
+        assert!(container["resources"]["limits"]["memory"].is_string(), "{name}: memory limit set");
     }
 
-    let pdb = one(&docs, "PodDisruptionBudget");
-    assert_eq!(pdb["apiVersion"], "policy/v1");
-    assert_eq!(
-        pdb["spec"]["maxUnavailable"], 1,
-        "one member: a drain may evict it (minAvailable 1 would block drains)"
-    );
-    assert!(pdb["spec"].get("minAvailable").is_none(), "only one of minAvailable/maxUnavailable");
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"].as_object(), Some(selector), "PDB selects the ferry pod");
-
+    let docs = production_render();
     let monitor = one(&docs, "ServiceMonitor");
     let service = one(&docs, "Service");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
@@ -359,29 +610,19 @@ fn production_values_render_monitoring_pdb_affinity_and_resources() {
         assert_eq!(&service_labels[k], v, "the ServiceMonitor selects the Service ({k})");
     }
     assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let spread = &pod_spec(one(&docs, "Deployment"))["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "topology.kubernetes.io/zone");
 
-    let pod = &sts["spec"]["template"]["spec"];
-    let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
-    assert_eq!(anti["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname");
-    assert_eq!(anti["podAffinityTerm"]["labelSelector"]["matchLabels"].as_object(), Some(selector));
-
-    let container = ferry_container(sts);
-    assert!(container["resources"]["requests"]["memory"].is_string(), "memory request set");
-    assert!(container["resources"]["limits"]["memory"].is_string(), "memory limit set");
-
-    // Default values: PDB and anti-affinity are on, resources set; "hard" anti-affinity renders the required form.
-    let defaults = default_render();
-    assert_eq!(one(&defaults, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
-    let default_sts = one(&defaults, "StatefulSet");
-    assert!(default_sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object());
-    assert!(ferry_container(default_sts)["resources"]["limits"]["memory"].is_string());
-    let hard = template(&["--set", "podAntiAffinity=hard"]);
-    let required = &one(&hard, "StatefulSet")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-        ["requiredDuringSchedulingIgnoredDuringExecution"][0];
-    assert_eq!(required["topologyKey"], "kubernetes.io/hostname");
-    let none = template(&["--set", "podAntiAffinity=none,podDisruptionBudget.enabled=false"]);
-    assert!(one(&none, "StatefulSet")["spec"]["template"]["spec"].get("affinity").is_none());
-    assert!(of_kind(&none, "PodDisruptionBudget").is_empty());
+    // "hard" renders the required form, for both workloads; "none" and a disabled PDB render nothing.
+    for base in [&[][..], MINIMAL_ETCD] {
+        let hard = template(&[base, &["--set", "podAntiAffinity=hard"]].concat());
+        let required = &pod_spec(workload(&hard))["affinity"]["podAntiAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(required["topologyKey"], "kubernetes.io/hostname");
+        let none = template(&[base, &["--set", "podAntiAffinity=none,podDisruptionBudget.enabled=false"]].concat());
+        assert!(pod_spec(workload(&none)).get("affinity").is_none());
+        assert!(of_kind(&none, "PodDisruptionBudget").is_empty());
+    }
     let min = template(&["--set", "podDisruptionBudget.minAvailable=0"]);
     let min_pdb = one(&min, "PodDisruptionBudget");
     assert_eq!(min_pdb["spec"]["minAvailable"], 0);
@@ -390,16 +631,20 @@ fn production_values_render_monitoring_pdb_affinity_and_resources() {
 
 #[test]
 fn every_kind_is_known_and_names_are_consistent() {
-    let docs = production_render();
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for d in &docs {
-        *kinds.entry(d["kind"].as_str().expect("kind").to_owned()).or_default() += 1;
-        assert_eq!(d["metadata"]["name"], "ferry", "resource names derive from the release name");
+    for (name, docs, kinds) in [
+        (
+            "production",
+            production_render(),
+            &["ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceMonitor"][..],
+        ),
+        ("default", default_render(), &["ConfigMap", "PodDisruptionBudget", "Service", "StatefulSet"][..]),
+    ] {
+        let mut found: BTreeMap<String, usize> = BTreeMap::new();
+        for d in &docs {
+            *found.entry(d["kind"].as_str().expect("kind").to_owned()).or_default() += 1;
+            assert_eq!(d["metadata"]["name"], "ferry", "{name}: resource names derive from the release name");
+        }
+        let expected: BTreeMap<String, usize> = kinds.iter().map(|k| (k.to_string(), 1)).collect();
+        assert_eq!(found, expected, "rendered kinds with the {name} values");
     }
-    let expected: BTreeMap<String, usize> =
-        ["ConfigMap", "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceMonitor", "StatefulSet"]
-            .into_iter()
-            .map(|k| (k.to_owned(), 1))
-            .collect();
-    assert_eq!(kinds, expected, "rendered kinds with the production values");
 }

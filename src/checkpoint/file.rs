@@ -1,4 +1,5 @@
-//! The embedded checkpoint store for a single member: one JSON file per flow in one directory.
+//! The embedded checkpoint store for a single member: one JSON file per flow in one directory, and one file of
+//! synced group offsets per flow in its `groups/` subdirectory.
 //!
 //! Invariant: a file is replaced only by an atomic rename of a fully written and synced temporary file, so a crash
 //! leaves either the old or the new checkpoints, never a torn file.
@@ -13,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::{Checkpoint, CheckpointStore, GroupOffsets, StoreError, TaskKey};
 
-/// Checkpoints in `<dir>/<flow>.json`.
+/// Checkpoints in `<dir>/<flow>.json`, synced group offsets in `<dir>/groups/<flow>.json`.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
@@ -36,12 +37,16 @@ struct StoredTask {
 }
 
 const FORMAT_VERSION: u32 = 1;
+/// Subdirectory of the group offsets files. Group offsets used to live in `<dir>/<flow>.groups.json`, which is also
+/// the checkpoints file of a flow named `<flow>.groups`; a flow name never holds `/`, so a subdirectory cannot clash.
+const GROUPS_DIR: &str = "groups";
 
 impl FileStore {
     /// A store in `dir`, created if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
+        let groups = dir.join(GROUPS_DIR);
+        std::fs::create_dir_all(&groups).map_err(|source| io_error(&groups, source))?;
         Ok(Self { dir, flows: Mutex::new(HashMap::new()) })
     }
 
@@ -85,36 +90,54 @@ impl FileStore {
                 })
                 .collect(),
         };
-        self.replace_file(&format!("{flow}.json"), &file)
+        replace_file(&self.dir, &format!("{flow}.json"), &file)
     }
 
-    /// Replaces `<dir>/<name>` with `value` as JSON: temporary file, fsync, rename, directory fsync.
-    fn replace_file(&self, name: &str, value: &impl Serialize) -> Result<(), StoreError> {
-        let path = self.dir.join(name);
-        let bytes = serde_json::to_vec(value).map_err(|error| StoreError::Corrupt {
-            location: path.display().to_string(),
-            message: error.to_string(),
-        })?;
-        let temporary = self.dir.join(format!(".{name}.tmp"));
-        let mut out = std::fs::File::create(&temporary).map_err(|source| io_error(&temporary, source))?;
-        out.write_all(&bytes).and_then(|()| out.sync_all()).map_err(|source| io_error(&temporary, source))?;
-        drop(out);
-        std::fs::rename(&temporary, &path).map_err(|source| io_error(&path, source))?;
-        // The rename itself is only durable once the directory entry is synced.
-        std::fs::File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(|source| io_error(&self.dir, source))
+    fn groups_dir(&self) -> PathBuf {
+        self.dir.join(GROUPS_DIR)
     }
 
     fn read_groups(&self, flow: &str) -> Result<BTreeMap<String, GroupOffsets>, StoreError> {
-        let path = self.dir.join(format!("{flow}.groups.json"));
+        let path = self.groups_dir().join(format!("{flow}.json"));
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
                 location: path.display().to_string(),
                 message: error.to_string(),
             }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => self.read_legacy_groups(flow),
             Err(source) => Err(io_error(&path, source)),
         }
     }
+
+    /// Group offsets from the old `<dir>/<flow>.groups.json`, until the first save writes the new file. That name
+    /// may instead hold the checkpoints of a flow named `<flow>.groups`, so what does not read as group offsets is
+    /// not ours and counts as none (and is never deleted).
+    fn read_legacy_groups(&self, flow: &str) -> Result<BTreeMap<String, GroupOffsets>, StoreError> {
+        let path = self.dir.join(format!("{flow}.groups.json"));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(source) => return Err(io_error(&path, source)),
+        };
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            tracing::warn!(path = %path.display(), %error, "not read as group offsets: it is not in their format");
+            BTreeMap::new()
+        }))
+    }
+}
+
+/// Replaces `<dir>/<name>` with `value` as JSON: temporary file, fsync, rename, directory fsync.
+fn replace_file(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let bytes = serde_json::to_vec(value)
+        .map_err(|error| StoreError::Corrupt { location: path.display().to_string(), message: error.to_string() })?;
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let mut out = std::fs::File::create(&temporary).map_err(|source| io_error(&temporary, source))?;
+    out.write_all(&bytes).and_then(|()| out.sync_all()).map_err(|source| io_error(&temporary, source))?;
+    drop(out);
+    std::fs::rename(&temporary, &path).map_err(|source| io_error(&path, source))?;
+    // The rename itself is only durable once the directory entry is synced.
+    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(|source| io_error(dir, source))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -140,7 +163,7 @@ impl CheckpointStore for FileStore {
         tokio::task::block_in_place(|| {
             let mut groups = self.read_groups(flow)?;
             groups.insert(group.to_owned(), offsets.clone());
-            self.replace_file(&format!("{flow}.groups.json"), &groups)
+            replace_file(&self.groups_dir(), &format!("{flow}.json"), &groups)
         })
     }
 
@@ -190,6 +213,24 @@ mod tests {
         assert_eq!(flow_a[&key("t", 0)], checkpoint(9));
         assert_eq!(flow_a[&key("t", 1)], checkpoint(7));
         assert_eq!(reopened.load("flow-b").await.unwrap()[&key("t", 0)], checkpoint(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn group_offsets_move_out_of_the_way_of_a_flow_named_like_their_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = GroupOffsets { synced_at_ms: 3, partitions: Vec::new() };
+        let legacy = BTreeMap::from([("g".to_owned(), offsets.clone())]);
+        std::fs::write(dir.path().join("old.groups.json"), serde_json::to_vec(&legacy).unwrap()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_group_offsets("old").await.unwrap(), legacy, "the old file is still read");
+
+        // Flow "a.groups" has the old group offsets file name of flow "a".
+        store.save("a.groups", &[(key("t", 0), checkpoint(5))]).await.unwrap();
+        assert!(store.load_group_offsets("a").await.unwrap().is_empty());
+        store.save_group_offsets("a", "g", &offsets).await.unwrap();
+        assert_eq!(store.load_group_offsets("a").await.unwrap(), legacy);
+        let reopened = FileStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.load("a.groups").await.unwrap()[&key("t", 0)], checkpoint(5));
     }
 
     #[tokio::test(flavor = "multi_thread")]

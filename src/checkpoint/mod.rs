@@ -1,8 +1,10 @@
-//! Checkpoint stores: where tasks' durable progress lives, and the checkpointer that writes it in batches.
+//! Checkpoint stores: where tasks' durable progress lives (a local directory, or etcd for many members), and the
+//! checkpointer that writes it in batches.
 //!
 //! Invariant: a stored checkpoint never claims more than the target acknowledged, because it is always a
 //! snapshot of a [`crate::progress::Position`].
 
+mod etcd;
 mod file;
 mod writer;
 
@@ -11,6 +13,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use etcd::EtcdStore;
 pub use file::FileStore;
 pub use writer::Checkpointer;
 
@@ -54,6 +57,9 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// etcd failed or did not answer in time; the request may be retried.
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
 }
 
 /// Durable storage of task checkpoints, per flow.
@@ -62,7 +68,8 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// Every checkpoint stored for `flow`.
     async fn load(&self, flow: &str) -> Result<BTreeMap<TaskKey, Checkpoint>, StoreError>;
 
-    /// Stores a batch of checkpoints of one flow atomically: all or none.
+    /// Stores a batch of checkpoints of one flow atomically: all or none. ([`EtcdStore`] relaxes this to all or
+    /// none per chunk for a batch larger than one transaction; its impl says why that is safe.)
     async fn save(&self, flow: &str, batch: &[(TaskKey, Checkpoint)]) -> Result<(), StoreError>;
 
     /// The consumer group offsets last synced for `flow`, by group.
@@ -70,6 +77,13 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
 
     /// Replaces the synced offsets of one group of `flow`.
     async fn save_group_offsets(&self, flow: &str, group: &str, offsets: &GroupOffsets) -> Result<(), StoreError>;
+
+    /// This member no longer runs `tasks` of `flow`: call it after their last checkpoint was saved, when they move
+    /// to another member. A store shared by many members may later drop their entries once the new owner holds its
+    /// own; a later save of such a task (it came back) cancels its release. The default does nothing.
+    async fn released(&self, _flow: &str, _tasks: &[TaskKey]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A consumer group's offsets as last synced: where it was on the source and where that is on the target.

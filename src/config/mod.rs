@@ -175,4 +175,15 @@ impl Config {
     pub fn region_of<'a>(&'a self, alias: &'a str) -> &'a str {
         self.clusters.get(alias).and_then(|c| c.region.as_deref()).unwrap_or(alias)
     }
+
+    /// The first throttle whose `from` names the source (alias or region) and whose `to` names the target, with
+    /// its index in `throttles`.
+    pub fn throttle_for(&self, source: &str, target: &str) -> Option<(usize, &ThrottleConfig)> {
+        let names = |alias: &str| [alias.to_owned(), self.region_of(alias).to_owned()];
+        let (sources, targets) = (names(source), names(target));
+        self.throttles
+            .iter()
+            .enumerate()
+            .find(|(_, throttle)| sources.contains(&throttle.from) && targets.contains(&throttle.to))
+    }
 }

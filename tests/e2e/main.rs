@@ -3,7 +3,9 @@
 mod common;
 mod failover;
 mod fidelity;
+mod fleet;
 mod group_sync;
+mod metrics_scrape;
 mod mm2_checkpoints;
 mod oversize;
 mod restart;

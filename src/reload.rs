@@ -1,0 +1,734 @@
+//! Hot reload of the config file: polls it, validates each new version exactly as `ferry run` does at start, and
+//! hands every valid change to the member together with what changed.
+//!
+//! Kubernetes updates a mounted ConfigMap by renaming a new `..data` symlink over the old one, which inotify on the
+//! file path never sees, so the watcher polls: it reads the file through its path (following the symlinks afresh each
+//! time) and compares the bytes with the last version it looked at.
+//!
+//! Invariant: a [`Reload`] is sent only for a config that passed every check `ferry run` makes and that differs from
+//! the one sent before it (or the one the process started with); a rejected version is logged and counted once,
+//! and the running config stays in force until a valid one replaces it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{layered, Config, ConfigError, FlowConfig};
+use crate::metrics::Metrics;
+
+/// How often the file is read unless [`ConfigWatcher::with_interval`] says otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Lower bound on the poll interval: tokio's interval panics on zero, and faster polling buys nothing.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// A file missing for longer than this is no longer a symlink swap in progress, so it earns a warning.
+const UNREADABLE_WARN_AFTER: Duration = Duration::from_secs(10);
+/// The `needs_restart` key for differences in settings [`ConfigChange::between`] does not know about, so that a
+/// section added to [`Config`] later is reported as needing a restart instead of being ignored.
+const OTHER_SETTINGS: &str = "(other settings)";
+
+/// What changed between two valid configs, as the member applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfigChange {
+    /// Names of flows only the new config has, sorted.
+    pub added_flows: Vec<String>,
+    /// Names of flows only the old config has, sorted.
+    pub removed_flows: Vec<String>,
+    /// Names of flows in both whose settings differ in any field, sorted (the member restarts their tasks).
+    pub changed_flows: Vec<String>,
+    /// Whether the throttle budgets, or the region of a cluster they match on, changed.
+    pub throttles_changed: bool,
+    /// Key paths of changes that only take effect after a restart (`clusters.<alias>`, `checkpoint`, `http.listen`,
+    /// `discovery.interval`, `metrics.per_partition`); logged as a warning.
+    pub needs_restart: Vec<String>,
+}
+
+impl ConfigChange {
+    /// Compares two configs section by section, deciding for each difference whether it can be applied live.
+    pub fn between(old: &Config, new: &Config) -> Self {
+        let old_flows: BTreeMap<&str, &FlowConfig> = old.flows.iter().map(|f| (f.name.as_str(), f)).collect();
+        let new_flows: BTreeMap<&str, &FlowConfig> = new.flows.iter().map(|f| (f.name.as_str(), f)).collect();
+        let added_flows =
+            new_flows.keys().filter(|name| !old_flows.contains_key(*name)).map(|n| n.to_string()).collect();
+        let removed_flows =
+            old_flows.keys().filter(|name| !new_flows.contains_key(*name)).map(|n| n.to_string()).collect();
+        let changed_flows = new_flows
+            .iter()
+            .filter(|(name, flow)| old_flows.get(*name).is_some_and(|before| before != *flow))
+            .map(|(name, _)| name.to_string())
+            .collect();
+
+        // Throttles match flows by region, so moving an existing cluster to another region changes which budget its
+        // flows draw from even when the throttle list itself is unchanged.
+        let region_moved = old
+            .clusters
+            .keys()
+            .any(|alias| new.clusters.contains_key(alias) && old.region_of(alias) != new.region_of(alias));
+        let throttles_changed = old.throttles != new.throttles || region_moved;
+
+        let mut needs_restart = Vec::new();
+        for (alias, before) in &old.clusters {
+            // Clients of an existing alias are built once with its connection settings; only its region (throttle
+            // matching) is live. New aliases are fine: the member builds clients for them when a flow needs them.
+            let Some(after) = new.clusters.get(alias) else { continue };
+            let mut connection = after.clone();
+            connection.region = before.region.clone();
+            if connection != *before {
+                needs_restart.push(format!("clusters.{alias}"));
+            }
+        }
+        // The store, the HTTP listener, the discovery loop and the metric labels are all set up once at start.
+        if old.checkpoint != new.checkpoint {
+            needs_restart.push("checkpoint".to_string());
+        }
+        if old.http.listen != new.http.listen {
+            needs_restart.push("http.listen".to_string());
+        }
+        if old.discovery.interval != new.discovery.interval {
+            needs_restart.push("discovery.interval".to_string());
+        }
+        if old.metrics.per_partition != new.metrics.per_partition {
+            needs_restart.push("metrics.per_partition".to_string());
+        }
+        // Whatever is left after overwriting every setting judged above with its old value must be unchanged;
+        // otherwise Config grew a setting this function does not know, and restarting is the safe answer.
+        let mut rest = new.clone();
+        rest.clusters.clone_from(&old.clusters);
+        rest.checkpoint.clone_from(&old.checkpoint);
+        rest.flows.clone_from(&old.flows);
+        rest.throttles.clone_from(&old.throttles);
+        rest.http.listen = old.http.listen;
+        rest.discovery.interval = old.discovery.interval;
+        rest.metrics.per_partition = old.metrics.per_partition;
+        if rest != *old {
+            needs_restart.push(OTHER_SETTINGS.to_string());
+        }
+
+        ConfigChange { added_flows, removed_flows, changed_flows, throttles_changed, needs_restart }
+    }
+
+    /// True when nothing the member acts on (or should warn about) changed.
+    pub fn is_empty(&self) -> bool {
+        self.added_flows.is_empty()
+            && self.removed_flows.is_empty()
+            && self.changed_flows.is_empty()
+            && !self.throttles_changed
+            && self.needs_restart.is_empty()
+    }
+}
+
+/// A new config to apply, with what changed since the previous one.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The new config, validated like the one `ferry run` started with.
+    pub config: Arc<Config>,
+    /// What differs from the config sent before (or started with).
+    pub change: ConfigChange,
+}
+
+/// Polls one config file and sends each valid new version; see the module docs.
+pub struct ConfigWatcher {
+    path: PathBuf,
+    current: Arc<Config>,
+    metrics: Metrics,
+    interval: Duration,
+    /// The bytes last looked at (valid or not), so an unchanged or already rejected file costs a read and a compare.
+    last_seen: Option<Vec<u8>>,
+    /// When the file became unreadable, and whether that was already warned about.
+    unreadable: Option<(Instant, bool)>,
+}
+
+impl ConfigWatcher {
+    /// A watcher of `path` for a process running `current`; remembers the file's content now.
+    pub fn new(path: PathBuf, current: Arc<Config>, metrics: Metrics) -> Self {
+        let mut watcher =
+            ConfigWatcher { path, current, metrics, interval: DEFAULT_INTERVAL, last_seen: None, unreadable: None };
+        // Only remembered if it still yields the running config: a file that changed since `current` was loaded must
+        // be looked at by the first poll, not taken as already seen.
+        if let Ok(bytes) = std::fs::read(&watcher.path) {
+            if watcher.validate(&bytes).is_ok_and(|config| config == *watcher.current) {
+                watcher.last_seen = Some(bytes);
+            }
+        }
+        watcher
+    }
+
+    /// Polls every `interval` instead of every second (at least every 10 ms).
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(MIN_INTERVAL);
+        self
+    }
+
+    /// Polls until `shutdown`; sends each applied reload.
+    ///
+    /// Returns early if `reloads` is closed, since nobody is left to apply them.
+    pub async fn run(mut self, reloads: mpsc::Sender<Reload>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        // A slow receiver must not cause a burst of catch-up reads afterwards.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Shutdown wins over a due tick so a stopping member is not handed a reload.
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let Some(reload) = self.poll().await else { continue };
+            tokio::select! {
+                // Same as above; the channel is bounded, so this send may wait for the member.
+                biased;
+                _ = shutdown.cancelled() => return,
+                sent = reloads.send(reload.clone()) => {
+                    if sent.is_err() {
+                        debug!(file = %self.path.display(), "reload receiver closed; config watcher stopping");
+                        return;
+                    }
+                }
+            }
+            self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+            self.log_applied(&reload);
+            self.current = reload.config;
+        }
+    }
+
+    /// Reads the file once; returns the reload to send, if any, after logging and counting a rejection.
+    async fn poll(&mut self) -> Option<Reload> {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.note_unreadable(&error);
+                return None;
+            }
+        };
+        if let Some((since, warned)) = self.unreadable.take() {
+            if warned {
+                info!(file = %self.path.display(), after = ?since.elapsed(), "config file readable again");
+            }
+        }
+        if self.last_seen.as_deref() == Some(bytes.as_slice()) {
+            return None;
+        }
+        let result = self.check(&bytes);
+        // Remembered whatever the verdict, so a rejected version is reported once, not on every poll.
+        self.last_seen = Some(bytes);
+        match result {
+            Ok(Some(reload)) => Some(reload),
+            Ok(None) => {
+                debug!(file = %self.path.display(), "config file changed but the config it yields did not");
+                None
+            }
+            Err(error) => {
+                self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                error!(
+                    file = %self.path.display(),
+                    "config file {} rejected, keeping the running config:\n{error}",
+                    self.path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Validates `bytes` as the config file's content: `Ok(None)` when they yield the config already running.
+    fn check(&self, bytes: &[u8]) -> Result<Option<Reload>, ConfigError> {
+        let config = self.validate(bytes)?;
+        if config == *self.current {
+            return Ok(None);
+        }
+        let change = ConfigChange::between(&self.current, &config);
+        Ok(Some(Reload { config: Arc::new(config), change }))
+    }
+
+    /// The checks `ferry run` makes at start (`Config::load` on these bytes, unsupported settings, secrets), with
+    /// every problem of the last two reported together.
+    fn validate(&self, bytes: &[u8]) -> Result<Config, ConfigError> {
+        // The same error `Config::load` gives for a file that is not UTF-8.
+        let content = String::from_utf8(bytes.to_vec()).map_err(|error| ConfigError::Read {
+            path: self.path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, error),
+        })?;
+        // Layered from the bytes already read rather than through `Config::load`, which would read the file again
+        // and could see a newer version than the one compared.
+        let config = Config::from_figment(layered(&self.path, content))?;
+        let mut problems = Vec::new();
+        for checked in [crate::member::unsupported(&config), config.check_secrets()] {
+            if let Err(error) = checked {
+                problems.extend_from_slice(error.problems());
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Logs a failed read: at debug level first (a symlink swap in progress), with one warning if it lasts.
+    fn note_unreadable(&mut self, error: &io::Error) {
+        match &mut self.unreadable {
+            None => {
+                debug!(file = %self.path.display(), %error, "config file unreadable; keeping the running config");
+                self.unreadable = Some((Instant::now(), false));
+            }
+            Some((since, warned)) if !*warned && since.elapsed() >= UNREADABLE_WARN_AFTER => {
+                warn!(
+                    file = %self.path.display(),
+                    %error,
+                    after = ?since.elapsed(),
+                    "config file still unreadable; keeping the running config"
+                );
+                *warned = true;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The operator's record of a reload: a summary, the keys that wait for a restart, and the new config's warnings.
+    fn log_applied(&self, reload: &Reload) {
+        let change = &reload.change;
+        info!(
+            file = %self.path.display(),
+            added_flows = ?change.added_flows,
+            removed_flows = ?change.removed_flows,
+            changed_flows = ?change.changed_flows,
+            throttles_changed = change.throttles_changed,
+            "config reloaded"
+        );
+        if !change.needs_restart.is_empty() {
+            warn!(
+                file = %self.path.display(),
+                keys = ?change.needs_restart,
+                "config changes that take effect only after a restart"
+            );
+        }
+        for warning in reload.config.warnings() {
+            warn!(file = %self.path.display(), "config: {warning}");
+        }
+    }
+}
+
+#[cfg(test)]
+// `figment::Jail` closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use std::future::Future;
+    use std::os::unix::fs::symlink;
+
+    use figment::providers::Format;
+    use figment::{Figment, Jail};
+    use tokio::time::{sleep, timeout};
+
+    use super::*;
+    use crate::config::{Yaml, ENV_PREFIX};
+
+    const POLL: Duration = Duration::from_millis(50);
+    /// Long enough for several polls; a test waiting for something that never comes fails after it.
+    const WAIT: Duration = Duration::from_secs(5);
+    /// How long to watch for something that must not happen: a handful of polls.
+    const QUIET: Duration = Duration::from_millis(400);
+
+    const BASE: &str = r#"
+clusters:
+  us-east: { bootstrap_servers: "127.0.0.1:19092", region: us-east }
+  eu-west: { bootstrap_servers: "127.0.0.1:29092", region: eu-west }
+flows:
+  - name: east-to-west
+    source: us-east
+    target: eu-west
+    topics: { include: ["orders\\..*"] }
+throttles:
+  - { from: us-east, to: eu-west, rate: 100MiB/s }
+"#;
+
+    /// BASE plus a flow and a tighter throttle.
+    const GROWN: &str = r#"
+clusters:
+  us-east: { bootstrap_servers: "127.0.0.1:19092", region: us-east }
+  eu-west: { bootstrap_servers: "127.0.0.1:29092", region: eu-west }
+flows:
+  - name: east-to-west
+    source: us-east
+    target: eu-west
+    topics: { include: ["orders\\..*"] }
+  - name: payments
+    source: us-east
+    target: eu-west
+    topics: { include: ["payments"] }
+throttles:
+  - { from: us-east, to: eu-west, rate: 50MiB/s }
+"#;
+
+    /// Parses YAML without the environment layer.
+    fn parse(yaml: &str) -> Config {
+        match Config::from_figment(Figment::from(Yaml::string(yaml))) {
+            Ok(config) => config,
+            Err(error) => panic!("test config is invalid: {error}"),
+        }
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// A directory laid out like a mounted ConfigMap: `..data -> ..<stamp>`, `config.yaml -> ..data/config.yaml`.
+    struct ConfigMap {
+        dir: tempfile::TempDir,
+        generation: u32,
+    }
+
+    impl ConfigMap {
+        fn new(yaml: &str) -> Self {
+            let mut map = ConfigMap { dir: tempfile::tempdir().unwrap(), generation: 0 };
+            map.publish(yaml);
+            symlink("..data/config.yaml", map.path()).unwrap();
+            map
+        }
+
+        /// The path ferry is given.
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("config.yaml")
+        }
+
+        /// What kubelet's atomic writer does: a new timestamped dir, a temporary `..data_tmp` symlink to it renamed
+        /// over `..data`, then the old dir removed.
+        fn publish(&mut self, yaml: &str) {
+            let old = self.stamp();
+            self.generation += 1;
+            let stamp = self.stamp();
+            std::fs::create_dir(self.dir.path().join(&stamp)).unwrap();
+            std::fs::write(self.dir.path().join(&stamp).join("config.yaml"), yaml).unwrap();
+            let tmp = self.dir.path().join("..data_tmp");
+            symlink(&stamp, &tmp).unwrap();
+            std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+            if self.generation > 1 {
+                std::fs::remove_dir_all(self.dir.path().join(old)).unwrap();
+            }
+        }
+
+        fn stamp(&self) -> String {
+            format!("..2026_11_27_15_00_{:02}.{:03}", self.generation, self.generation)
+        }
+    }
+
+    /// A watcher of `map` started on `yaml` (loaded as `ferry run` would), polling every 50 ms.
+    fn watcher(map: &ConfigMap) -> (ConfigWatcher, Metrics) {
+        let current = match Config::load(&map.path()) {
+            Ok(config) => config,
+            Err(error) => panic!("start config is invalid: {error}"),
+        };
+        let metrics = Metrics::new(false);
+        (ConfigWatcher::new(map.path(), Arc::new(current), metrics.clone()).with_interval(POLL), metrics)
+    }
+
+    /// Starts `watcher` in the background; the receiver gets its reloads, the token stops it.
+    fn spawn(watcher: ConfigWatcher) -> (mpsc::Receiver<Reload>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watcher.run(tx, shutdown.clone()));
+        (rx, shutdown)
+    }
+
+    async fn next_reload(rx: &mut mpsc::Receiver<Reload>) -> Reload {
+        match timeout(WAIT, rx.recv()).await {
+            Ok(Some(reload)) => reload,
+            Ok(None) => panic!("watcher stopped"),
+            Err(_) => panic!("no reload within {WAIT:?}"),
+        }
+    }
+
+    async fn assert_no_reload(rx: &mut mpsc::Receiver<Reload>) {
+        if let Ok(Some(reload)) = timeout(QUIET, rx.recv()).await {
+            panic!("unexpected reload: {:?}", reload.change);
+        }
+    }
+
+    fn count(metrics: &Metrics, result: &str) -> u64 {
+        metrics.config_reloads.with_label_values(&[result]).get()
+    }
+
+    /// Waits (bounded) until the `result` counter reaches `n`.
+    async fn wait_for_count(metrics: &Metrics, result: &str, n: u64) {
+        let reached = timeout(WAIT, async {
+            while count(metrics, result) < n {
+                sleep(POLL / 2).await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "config_reloads{{result={result:?}}} stayed at {}", count(metrics, result));
+    }
+
+    /// Removes every `FERRY_` variable for the life of `jail` (which restores them), so a developer's or CI's own
+    /// settings cannot change what the tests load.
+    fn scrub_ferry_env(jail: &mut Jail) {
+        let ferry_vars: Vec<String> = std::env::vars_os()
+            .filter_map(|(key, _)| key.into_string().ok())
+            .filter(|key| key.starts_with(ENV_PREFIX))
+            .collect();
+        for key in ferry_vars {
+            // set_env records the original value for Jail to restore on exit; then it is removed for real.
+            jail.set_env(&key, "");
+            std::env::remove_var(&key);
+        }
+    }
+
+    /// Runs `body` under figment's `Jail` lock without `FERRY_` variables: the config tests set such variables under
+    /// the same lock, and the watcher layers the environment exactly as `ferry run` does.
+    fn isolated_env(body: impl Future<Output = ()>) {
+        tokio::task::block_in_place(|| {
+            Jail::expect_with(|jail| {
+                scrub_ferry_env(jail);
+                tokio::runtime::Handle::current().block_on(body);
+                Ok(())
+            })
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn symlink_swap_adding_a_flow_and_changing_a_throttle_sends_one_reload() {
+        isolated_env(async {
+            let mut map = ConfigMap::new(BASE);
+            let (watcher, metrics) = watcher(&map);
+            let (mut rx, shutdown) = spawn(watcher);
+            assert_no_reload(&mut rx).await;
+
+            map.publish(GROWN);
+            let reload = next_reload(&mut rx).await;
+            assert_eq!(
+                reload.change,
+                ConfigChange { added_flows: names(&["payments"]), throttles_changed: true, ..ConfigChange::default() }
+            );
+            assert_eq!(*reload.config, parse(GROWN));
+            assert_no_reload(&mut rx).await;
+            // Counted after the send completes, so by now at the latest.
+            assert_eq!((count(&metrics, "applied"), count(&metrics, "rejected")), (1, 0));
+            shutdown.cancel();
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_yaml_is_rejected_once_then_a_fix_applies() {
+        isolated_env(async {
+            let mut map = ConfigMap::new(BASE);
+            let (watcher, metrics) = watcher(&map);
+            let broken = BASE.replace("flows:", "flows: [");
+            let error = match watcher.check(broken.as_bytes()) {
+                Err(error) => error.to_string(),
+                Ok(reload) => panic!("broken YAML accepted: {reload:?}"),
+            };
+            assert!(error.starts_with(&format!("invalid YAML in {} at line ", map.path().display())), "{error}");
+
+            let (mut rx, shutdown) = spawn(watcher);
+            map.publish(&broken);
+            wait_for_count(&metrics, "rejected", 1).await;
+            assert_no_reload(&mut rx).await;
+            assert_eq!(count(&metrics, "rejected"), 1, "the same bad content is reported once");
+
+            map.publish(GROWN);
+            let reload = next_reload(&mut rx).await;
+            assert_eq!(reload.change.added_flows, names(&["payments"]));
+            // Counted just after the send completes.
+            wait_for_count(&metrics, "applied", 1).await;
+            assert_eq!(count(&metrics, "rejected"), 1);
+            shutdown.cancel();
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_cluster_is_rejected_with_its_key_path() {
+        isolated_env(async {
+            let mut map = ConfigMap::new(BASE);
+            let (watcher, metrics) = watcher(&map);
+            let bad =
+                GROWN.replace("  - name: payments\n    source: us-east", "  - name: payments\n    source: ap-south");
+            let error = match watcher.check(bad.as_bytes()) {
+                Err(error) => error,
+                Ok(reload) => panic!("unknown cluster accepted: {reload:?}"),
+            };
+            let lines: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].starts_with("flows[1].source: unknown cluster \"ap-south\""), "{lines:?}");
+
+            let (mut rx, shutdown) = spawn(watcher);
+            map.publish(&bad);
+            wait_for_count(&metrics, "rejected", 1).await;
+            assert_no_reload(&mut rx).await;
+            shutdown.cancel();
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsupported_settings_are_rejected_like_at_start() {
+        isolated_env(async {
+            let map = ConfigMap::new(BASE);
+            let (watcher, _) = watcher(&map);
+            let eos = BASE.replace("    topics:", "    delivery: exactly-once\n    topics:");
+            match watcher.check(eos.as_bytes()) {
+                Err(error) => assert!(error.to_string().starts_with("flows[0].delivery: exactly-once"), "{error}"),
+                Ok(reload) => panic!("exactly-once accepted: {reload:?}"),
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_content_sends_nothing() {
+        isolated_env(async {
+            let mut map = ConfigMap::new(BASE);
+            let (watcher, metrics) = watcher(&map);
+            let (mut rx, shutdown) = spawn(watcher);
+
+            // Same bytes through a new swap, then the target file touched in place.
+            map.publish(BASE);
+            let target = map.dir.path().join("..data").join("config.yaml");
+            std::fs::write(&target, BASE).unwrap();
+            assert_no_reload(&mut rx).await;
+            // Different bytes, same config.
+            map.publish(&format!("# only a comment\n{BASE}"));
+            assert_no_reload(&mut rx).await;
+            assert_eq!((count(&metrics, "applied"), count(&metrics, "rejected")), (0, 0));
+            shutdown.cancel();
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vanished_file_is_not_a_reload() {
+        isolated_env(async {
+            let mut map = ConfigMap::new(BASE);
+            let (watcher, metrics) = watcher(&map);
+            let (mut rx, shutdown) = spawn(watcher);
+
+            std::fs::remove_file(map.dir.path().join("..data")).unwrap();
+            assert_no_reload(&mut rx).await;
+            map.publish(BASE);
+            assert_no_reload(&mut rx).await;
+            assert_eq!((count(&metrics, "applied"), count(&metrics, "rejected")), (0, 0));
+
+            map.publish(GROWN);
+            assert_eq!(next_reload(&mut rx).await.change.added_flows, names(&["payments"]));
+            shutdown.cancel();
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_made_before_the_watcher_started_is_picked_up() {
+        isolated_env(async {
+            let mut map = ConfigMap::new(BASE);
+            let current = Arc::new(parse(BASE));
+            map.publish(GROWN);
+            let watcher = ConfigWatcher::new(map.path(), current, Metrics::new(false)).with_interval(POLL);
+            let (mut rx, shutdown) = spawn(watcher);
+            assert_eq!(next_reload(&mut rx).await.change.added_flows, names(&["payments"]));
+            shutdown.cancel();
+        });
+    }
+
+    #[test]
+    fn environment_overrides_apply_on_reload() {
+        let map = ConfigMap::new(BASE);
+        let watcher = ConfigWatcher::new(map.path(), Arc::new(parse(BASE)), Metrics::new(false));
+        Jail::expect_with(|jail| {
+            scrub_ferry_env(jail);
+            jail.set_env("FERRY_HTTP__LISTEN", "127.0.0.1:9999");
+            let reload = match watcher.check(BASE.as_bytes()) {
+                Ok(Some(reload)) => reload,
+                other => panic!("expected a reload, got {other:?}"),
+            };
+            assert_eq!(reload.config.http.listen, "127.0.0.1:9999".parse().unwrap());
+            assert_eq!(reload.change.needs_restart, names(&["http.listen"]));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn between_equal_configs_is_empty() {
+        let change = ConfigChange::between(&parse(BASE), &parse(BASE));
+        assert!(change.is_empty(), "{change:?}");
+    }
+
+    #[test]
+    fn between_reports_added_removed_and_changed_flows() {
+        let old = parse(GROWN);
+        let new = parse(
+            &GROWN
+                .replace("name: payments", "name: refunds")
+                .replace("include: [\"orders\\\\..*\"]", "include: [\"orders\\\\..*\"], exclude: [\"orders.tmp\"]"),
+        );
+        let change = ConfigChange::between(&old, &new);
+        assert_eq!(
+            change,
+            ConfigChange {
+                added_flows: names(&["refunds"]),
+                removed_flows: names(&["payments"]),
+                changed_flows: names(&["east-to-west"]),
+                ..ConfigChange::default()
+            }
+        );
+        assert!(!change.is_empty());
+    }
+
+    #[test]
+    fn between_reports_throttle_changes() {
+        let old = parse(BASE);
+        let tighter = parse(&BASE.replace("100MiB/s", "10MiB/s"));
+        assert_eq!(
+            ConfigChange::between(&old, &tighter),
+            ConfigChange { throttles_changed: true, ..ConfigChange::default() }
+        );
+        let unthrottled = parse(&BASE.replace("throttles:\n  - { from: us-east, to: eu-west, rate: 100MiB/s }\n", ""));
+        assert!(ConfigChange::between(&old, &unthrottled).throttles_changed);
+        // Moving a cluster to another region changes the budget its flows draw from, without a restart.
+        let moved = parse(&BASE.replace("region: eu-west", "region: eu-central"));
+        assert_eq!(
+            ConfigChange::between(&old, &moved),
+            ConfigChange { throttles_changed: true, ..ConfigChange::default() }
+        );
+    }
+
+    #[test]
+    fn between_requires_a_restart_for_a_changed_cluster_connection() {
+        let old = parse(BASE);
+        let moved = parse(&BASE.replace("127.0.0.1:29092", "10.0.0.7:29092"));
+        assert_eq!(
+            ConfigChange::between(&old, &moved),
+            ConfigChange { needs_restart: names(&["clusters.eu-west"]), ..ConfigChange::default() }
+        );
+        let tls = parse(&BASE.replace("region: us-east }", "region: us-east, client: { security.protocol: SSL } }"));
+        assert_eq!(ConfigChange::between(&old, &tls).needs_restart, names(&["clusters.us-east"]));
+    }
+
+    #[test]
+    fn between_allows_new_clusters_for_new_flows() {
+        let old = parse(BASE);
+        let new = parse(
+            &BASE.replace("flows:", "  ap-south: { bootstrap_servers: \"127.0.0.1:39092\" }\nflows:").replace(
+                "throttles:",
+                "  - name: east-to-south\n    source: us-east\n    target: ap-south\n    topics: { include: [\"orders\"] }\nthrottles:",
+            ),
+        );
+        assert_eq!(
+            ConfigChange::between(&old, &new),
+            ConfigChange { added_flows: names(&["east-to-south"]), ..ConfigChange::default() }
+        );
+    }
+
+    #[test]
+    fn between_lists_settings_that_need_a_restart() {
+        let old = parse(BASE);
+        let new = parse(&format!(
+            "{BASE}checkpoint: {{ path: /var/lib/ferry, interval: 2s }}\nhttp: {{ listen: \"127.0.0.1:9465\" }}\n\
+             discovery: {{ interval: 5s }}\nmetrics: {{ per_partition: true }}\n"
+        ));
+        assert_eq!(
+            ConfigChange::between(&old, &new),
+            ConfigChange {
+                needs_restart: names(&["checkpoint", "http.listen", "discovery.interval", "metrics.per_partition"]),
+                ..ConfigChange::default()
+            }
+        );
+    }
+}
