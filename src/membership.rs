@@ -56,23 +56,27 @@ impl Membership {
             let lease = self.lease;
             let answer = etcd
                 .timed("lease_keepalive", |mut client| async move {
-                    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-                    keeper.keep_alive().await?;
-                    stream.message().await
+                    let renewed = async {
+                        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+                        keeper.keep_alive().await?;
+                        stream.message().await
+                    };
+                    match renewed.await {
+                        Ok(response) => Ok(response.map_or(0, |response| response.ttl())),
+                        // etcd answers a renewal of an unknown lease with TTL 0, which the client turns into this.
+                        Err(etcd_client::Error::LeaseKeepAliveError(message)) if message.contains("not found") => Ok(0),
+                        Err(error) => Err(error),
+                    }
                 })
                 .await;
             match answer {
-                Ok(Some(response)) if response.ttl() > 0 => {
+                Ok(ttl) if ttl > 0 => {
                     if let Some(since) = unreachable_since.take() {
                         info!(lease = format!("{lease:x}"), after = ?since.elapsed(), "etcd reachable again; lease kept");
                     }
                 }
                 Ok(_) => {
-                    warn!(
-                        member = self.id.as_str(),
-                        lease = format!("{lease:x}"),
-                        "etcd says the member's lease expired"
-                    );
+                    warn!(member = self.id.as_str(), lease = format!("{lease:x}"), "etcd says the member's lease expired");
                     lost.cancel();
                     return;
                 }

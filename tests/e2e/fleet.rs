@@ -1,201 +1,13 @@
 //! Many members coordinated through real etcd: balanced assignment, kill -9 of a member and of the leader, a member
-//! joining, the fleet-wide throttle and its hot reload, and etcd stopped for 30 s.
+//! joining, a member frozen past its lease, and etcd stopped for 30 s. (The fleet-wide throttle has its own test
+//! binary, `tests/throttle.rs`, so its rate measurement does not share the machine with these.)
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
 use crate::common::*;
-
-/// Member lease TTL in these tests; the issue's bound for moving a crashed member's tasks is TTL + 5 s.
-const TTL_SECONDS: u64 = 5;
-
-fn etcd_endpoint() -> String {
-    std::env::var("FERRY_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| {
-        panic!("FERRY_TEST_ETCD_ENDPOINTS is not set: start the test environment with `eval \"$(scripts/dev-env up)\"`")
-    })
-}
-
-/// A fleet config: one flow of `include`, checkpoints in etcd under `prefix`, and `extra` appended (throttles).
-fn fleet_config(env: &TestEnv, etcd: &str, prefix: &str, flow: &str, include: &str, extra: &str) -> String {
-    format!(
-        r#"clusters:
-  src:
-    bootstrap_servers: "{source}"
-    region: us-east
-  dst:
-    bootstrap_servers: "{target}"
-    region: eu-west
-checkpoint:
-  store: etcd
-  interval: 1s
-  etcd:
-    endpoints: ["{etcd}"]
-    prefix: "{prefix}"
-    lease_ttl: {TTL_SECONDS}s
-discovery:
-  interval: 2s
-flows:
-  - name: {flow}
-    source: src
-    target: dst
-    topics: {{ include: ['{include}'] }}
-{extra}"#,
-        source = env.source,
-        target = env.target,
-    )
-}
-
-/// Writes `text` to `path` the way a ConfigMap update lands: a new file renamed over the old one.
-fn replace_file(path: &Path, text: &str) {
-    let temporary = path.with_extension("new");
-    std::fs::write(&temporary, text).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
-
-fn owned(member: &Ferry) -> Option<i64> {
-    member.metric("ferry_owned_tasks", &[]).map(|value| value as i64)
-}
-
-fn is_leader(member: &Ferry) -> bool {
-    member.metric("ferry_leader", &[]) == Some(1.0)
-}
-
-/// Waits until the members own `total` tasks between them, each within one of the others; returns the counts.
-async fn wait_balanced(what: &str, members: &[&Ferry], total: i64, timeout: Duration) -> Vec<i64> {
-    wait_for(what, timeout, || {
-        let counts: Vec<i64> = members.iter().map(|member| owned(member)).collect::<Option<_>>()?;
-        let (min, max) = (counts.iter().min()?, counts.iter().max()?);
-        (counts.iter().sum::<i64>() == total && max - min <= 1).then_some(counts)
-    })
-    .await
-}
-
-/// One change of a key, as etcd's history records it.
-#[derive(Debug)]
-struct Change {
-    key: String,
-    put: bool,
-    value: String,
-    version: i64,
-    revision: i64,
-}
-
-/// Every change under `prefix` since etcd started (the test etcd never compacts).
-async fn history(endpoint: &str, prefix: &str) -> Vec<Change> {
-    let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
-    let current = client.get("/", Some(GetOptions::new().with_count_only())).await.unwrap();
-    let head = current.header().unwrap().revision();
-    let mut stream =
-        client.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(1))).await.unwrap();
-    let mut changes = Vec::new();
-    let mut seen = 0;
-    // History arrives in a few responses right away; a quiet second means it is complete (the prefix may have
-    // stopped changing before `head`, which other keys moved).
-    while seen < head {
-        let Ok(Ok(Some(response))) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await else {
-            break;
-        };
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            seen = seen.max(kv.mod_revision());
-            changes.push(Change {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                put: event.event_type() == EventType::Put,
-                value: String::from_utf8_lossy(kv.value()).into_owned(),
-                version: kv.version(),
-                revision: kv.mod_revision(),
-            });
-        }
-    }
-    changes
-}
-
-/// No task ever had two owners: every owner key was only ever created (never overwritten while held) and
-/// deleted, alternately. Returns how many times ownership was taken.
-fn assert_one_owner_at_a_time(changes: &[Change]) -> usize {
-    let mut held: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut takes = 0;
-    for change in changes.iter().filter(|change| change.key.contains("/owners/")) {
-        if change.put {
-            assert_eq!(
-                change.version,
-                1,
-                "owner key {} was overwritten at revision {} while {:?} held it",
-                change.key,
-                change.revision,
-                held.get(change.key.as_str())
-            );
-            assert!(held.insert(&change.key, &change.value).is_none(), "{} taken twice", change.key);
-            takes += 1;
-        } else {
-            held.remove(change.key.as_str());
-        }
-    }
-    takes
-}
-
-/// Every source record of `topic` is on the target, in source order once duplicates are removed; returns the
-/// number of duplicates (re-sent records after a member died).
-fn assert_nothing_lost(env: &TestEnv, topic: &str, partitions: i32) -> usize {
-    let mut duplicates = 0;
-    for partition in 0..partitions {
-        let source: Vec<String> =
-            read_partition(&env.source, topic, partition).into_iter().map(|(_, r)| r.id()).collect();
-        let target: Vec<String> =
-            read_partition(&env.target, &format!("src.{topic}"), partition).into_iter().map(|(_, r)| r.id()).collect();
-        let mut seen = BTreeSet::new();
-        let mut first_copies = Vec::new();
-        for id in &target {
-            if seen.insert(id.clone()) {
-                first_copies.push(id.clone());
-            } else {
-                duplicates += 1;
-            }
-        }
-        assert_eq!(first_copies.len(), source.len(), "partition {partition}: records lost or foreign records added");
-        assert_eq!(first_copies, source, "partition {partition}: the target order differs from the source");
-    }
-    duplicates
-}
-
-async fn wait_replicated(env: &TestEnv, topic: &str, partitions: i32, timeout: Duration) {
-    wait_for("every source record on the target", timeout, || {
-        (0..partitions)
-            .all(|p| end_offset(&env.target, &format!("src.{topic}"), p) >= end_offset(&env.source, topic, p))
-            .then_some(())
-    })
-    .await;
-}
-
-/// Produces `per_partition` numbered records to every partition, in `chunks` spaced by `pause`.
-fn feed(
-    producer: &FutureProducer,
-    topic: &str,
-    partitions: i32,
-    from: u64,
-    per_partition: u64,
-    chunks: u64,
-    pause: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let (producer, topic) = (producer.clone(), topic.to_owned());
-    tokio::spawn(async move {
-        let size = per_partition / chunks;
-        for chunk in 0..chunks {
-            for partition in 0..partitions {
-                let records: Vec<Record> = (from + chunk * size..from + (chunk + 1) * size)
-                    .map(|seq| Record::numbered(&topic, partition, seq))
-                    .collect();
-                produce(&producer, &topic, partition, &records).await;
-            }
-            tokio::time::sleep(pause).await;
-        }
-    })
-}
+use crate::fleet_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss() {
@@ -312,132 +124,38 @@ async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice(
     assert_eq!(takes, 12 + 4, "12 initial takes and 4 moved tasks");
 }
 
-/// Bytes per record in the throttle test: a value only, so the throttle's count and the test's agree.
-const THROTTLED_RECORD: usize = 1_000;
-
-async fn fill(producer: &FutureProducer, topic: &str, partitions: i32, records: usize) {
-    let value = vec![b'x'; THROTTLED_RECORD];
-    let mut deliveries = Vec::new();
-    for index in 0..records {
-        let mut record =
-            FutureRecord::<(), _>::to(topic).partition((index % partitions as usize) as i32).payload(&value);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap().unwrap();
-    }
-}
-
-fn replicated_records(env: &TestEnv, topic: &str, partitions: i32) -> i64 {
-    (0..partitions).map(|p| end_offset(&env.target, &format!("src.{topic}"), p).max(0)).sum()
-}
-
-/// Reads the target topic's end offsets through one long-lived client, so a reading takes milliseconds and rate
-/// windows are measured where they are meant to be.
-struct TargetCounter {
-    consumer: rdkafka::consumer::BaseConsumer,
-    topic: String,
-    partitions: i32,
-}
-
-impl TargetCounter {
-    fn new(env: &TestEnv, topic: &str, partitions: i32) -> Self {
-        let consumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &env.target).create().expect("consumer");
-        TargetCounter { consumer, topic: format!("src.{topic}"), partitions }
-    }
-
-    fn records(&self) -> i64 {
-        use rdkafka::consumer::Consumer;
-        (0..self.partitions)
-            .map(|p| {
-                self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).map_or(0, |(_, high)| high)
-            })
-            .sum()
-    }
-
-    /// Target write rate in bytes per second over `window`.
-    async fn rate(&self, window: Duration) -> f64 {
-        let (start, at) = (self.records(), Instant::now());
-        tokio::time::sleep(window).await;
-        let records = self.records() - start;
-        records as f64 * THROTTLED_RECORD as f64 / at.elapsed().as_secs_f64()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
+async fn a_member_frozen_past_its_lease_stops_its_tasks_and_rejoins() {
     let env = env();
     let etcd = etcd_endpoint();
     const PARTITIONS: i32 = 6;
-    const MIB: f64 = 1024.0 * 1024.0;
-    let (topic, flow, prefix) = (unique("throttle"), unique("throttle"), format!("/{}", unique("ferry-throttle")));
+    let (topic, flow, prefix) = (unique("frozen"), unique("frozen"), format!("/{}", unique("ferry-frozen")));
     create_topic(&env.source, &topic, PARTITIONS, &[]).await;
-    // 4 MiB/s for ~30 s and 8 MiB/s for ~15 s need about 240 MB of backlog.
-    fill(&producer(&env.source), &topic, PARTITIONS, 250_000).await;
+    let producer = producer(&env.source);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
-    let throttled = |rate: &str| {
-        fleet_config(
-            &env,
-            &etcd,
-            &prefix,
-            &flow,
-            &topic,
-            &format!("throttles:\n  - {{ from: us-east, to: eu-west, rate: {rate} }}\n"),
-        )
-    };
-    std::fs::write(&config, throttled("4MiB/s")).unwrap();
-    let members: Vec<Ferry> = (0..3).map(|_| Ferry::start_with(config.clone(), free_port(), &[])).collect();
-    let refs: Vec<&Ferry> = members.iter().collect();
-    wait_balanced("6 tasks over 3 members", &refs, 6, Duration::from_secs(60)).await;
-    // Each member enforces a third of the budget.
-    wait_for("throttle shares of a third each", Duration::from_secs(20), || {
-        members
-            .iter()
-            .all(|m| {
-                m.metric("ferry_throttle_rate_bytes", &[("from", "us-east"), ("to", "eu-west")])
-                    .is_some_and(|rate| (rate - 4.0 * MIB / 3.0).abs() < 2.0)
-            })
-            .then_some(())
+    std::fs::write(&config, fleet_config(&env, &etcd, &prefix, &flow, &topic, "")).unwrap();
+    let first = Ferry::start_with(config.clone(), free_port(), &[]);
+    let second = Ferry::start_with(config.clone(), free_port(), &[]);
+    wait_balanced("6 tasks over 2 members", &[&first, &second], 6, Duration::from_secs(60)).await;
+    let feeder = feed(&producer, &topic, PARTITIONS, 0, 2_000, 20, Duration::from_millis(500));
+
+    // Frozen (as in a long GC pause or a network partition) past its lease: the other member takes everything.
+    first.signal("STOP");
+    wait_for("the frozen member's tasks taken over", Duration::from_secs(TTL_SECONDS + 15), || {
+        (owned(&second) == Some(6)).then_some(())
     })
     .await;
-    // Let the initial bursts pass, then measure the aggregate.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let counter = TargetCounter::new(&env, &topic, PARTITIONS);
-    let rate = counter.rate(Duration::from_secs(20)).await;
-    assert!(
-        (rate / (4.0 * MIB) - 1.0).abs() <= 0.15,
-        "aggregate target write rate {:.2} MiB/s is not within 15 % of the 4 MiB/s fleet budget",
-        rate / MIB
-    );
+    first.signal("CONT");
+    // Back, it learns its lease is gone, stops what it ran, and rejoins as a new member with a fair share.
+    wait_balanced("6 tasks over 2 members again", &[&first, &second], 6, Duration::from_secs(60)).await;
+    assert!(first.logs().contains("lease expired"), "the member must say why it stopped:\n{}", first.logs());
 
-    replace_file(&config, &throttled("8MiB/s"));
-    let reloaded_at = Instant::now();
-    let took = loop {
-        let rate = counter.rate(Duration::from_secs(3)).await;
-        eprintln!("after reload {:?}: {:.2} MiB/s", reloaded_at.elapsed(), rate / MIB);
-        if (rate / (8.0 * MIB) - 1.0).abs() <= 0.15 {
-            break reloaded_at.elapsed();
-        }
-        assert!(
-            reloaded_at.elapsed() < Duration::from_secs(13),
-            "the reloaded 8 MiB/s budget did not take effect: {:.2} MiB/s",
-            rate / MIB
-        );
-    };
-    eprintln!("throttle test: {:.2} MiB/s at 4 MiB/s budget; new budget effective after {took:?}", rate / MIB);
-    assert!(members.iter().all(|m| m.metric("ferry_config_reloads_total", &[("result", "applied")]) == Some(1.0)));
+    feeder.await.unwrap();
+    wait_replicated(&env, &topic, PARTITIONS, Duration::from_secs(120)).await;
+    let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
+    assert_one_owner_at_a_time(&history(&etcd, &prefix).await);
+    eprintln!("frozen member test: {duplicates} duplicates");
 }
 
 /// An etcd of the test's own, so stopping it disturbs no other test.
