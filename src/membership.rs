@@ -76,7 +76,11 @@ impl Membership {
                     }
                 }
                 Ok(_) => {
-                    warn!(member = self.id.as_str(), lease = format!("{lease:x}"), "etcd says the member's lease expired");
+                    warn!(
+                        member = self.id.as_str(),
+                        lease = format!("{lease:x}"),
+                        "etcd says the member's lease expired"
+                    );
                     lost.cancel();
                     return;
                 }
