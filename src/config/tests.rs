@@ -129,6 +129,17 @@ fn quickstart_example_loads() {
 }
 
 #[test]
+fn fleet_example_loads_and_runs_with_etcd() {
+    let config = load_example("fleet.yaml");
+    assert_eq!(config.checkpoint.store, StoreKind::Etcd);
+    let etcd = config.checkpoint.etcd.as_ref().expect("etcd section");
+    assert_eq!(etcd.prefix, "/ferry/east-to-west");
+    assert_eq!(etcd.lease_ttl, Duration::from_secs(10));
+    assert_eq!(config.throttles[0].rate.bytes_per_second(), 200 * 1024 * 1024);
+    crate::member::unsupported(&config).expect("a fleet config is runnable");
+}
+
+#[test]
 fn full_example_round_trips() {
     let path = example("full.yaml");
     let config = load_example("full.yaml");

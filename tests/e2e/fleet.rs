@@ -107,6 +107,7 @@ async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice(
     let feeder = feed(&producer, &topic, PARTITIONS, 0, 2_000, 20, Duration::from_millis(300));
     let moved_before: f64 = [&first, &second].iter().filter_map(|m| m.metric("ferry_moved_tasks_total", &[])).sum();
 
+    let before_join = current_revision(&etcd).await;
     let third = Ferry::start_with(config.clone(), free_port(), &[]);
     let counts =
         wait_balanced("12 tasks over 3 members", &[&first, &second, &third], 12, Duration::from_secs(60)).await;
@@ -116,12 +117,34 @@ async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice(
             - moved_before;
     assert_eq!(moved, 4.0, "adding a third member to 12 tasks should move exactly 4");
 
+    // `ferry status` asked of one member shows the leader, every member with its tasks, and the fleet's lag.
+    let status = wait_for("ferry status listing three members", Duration::from_secs(15), || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["status", "--url", &third.http])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let member_rows = text.lines().filter(|line| line.split_whitespace().nth(2) == Some("4")).count();
+        (output.status.success() && member_rows == 3).then_some(text)
+    })
+    .await;
+    let leader = status.lines().find_map(|line| line.strip_prefix("leader: ")).expect("a leader line").to_owned();
+    assert!(
+        status.lines().any(|line| line.starts_with(&leader) && line.contains(" * ")),
+        "the leader is marked in the member table:\n{status}"
+    );
+    let topic_row = status.lines().find(|line| line.contains(&topic)).expect("a lag row for the topic");
+    assert_eq!(topic_row.split_whitespace().nth(2), Some("12"), "all 12 tasks' lag, from every member:\n{status}");
+
     feeder.await.unwrap();
     wait_replicated(&env, &topic, PARTITIONS, Duration::from_secs(120)).await;
     let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
     assert_eq!(duplicates, 0, "a graceful hand-over checkpoints before releasing, so nothing is sent twice");
-    let takes = assert_one_owner_at_a_time(&history(&etcd, &prefix).await);
-    assert_eq!(takes, 12 + 4, "12 initial takes and 4 moved tasks");
+    let changes = history(&etcd, &prefix).await;
+    assert_one_owner_at_a_time(&changes);
+    let takes_after_join =
+        changes.iter().filter(|c| c.put && c.key.contains("/owners/") && c.revision > before_join).count();
+    assert_eq!(takes_after_join, 4, "the join moved exactly 4 tasks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

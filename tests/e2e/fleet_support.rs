@@ -76,6 +76,12 @@ pub struct Change {
     pub revision: i64,
 }
 
+/// etcd's current revision.
+pub async fn current_revision(endpoint: &str) -> i64 {
+    let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    client.get("/", Some(GetOptions::new().with_count_only())).await.unwrap().header().unwrap().revision()
+}
+
 /// Every change under `prefix` since etcd started (the test etcd never compacts).
 pub async fn history(endpoint: &str, prefix: &str) -> Vec<Change> {
     let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
