@@ -12,7 +12,7 @@
 //! - [`task`]: the per-partition replication loop (fetch → throttle → produce → acknowledge).
 //! - [`progress`]: a task's acknowledged position and sync points, shared with the checkpointer and metrics.
 //! - [`lag`]: replication lag per task, aggregated into gauges.
-//! - [`checkpoint`]: the checkpoint store trait, its file implementation and the batching checkpointer.
+//! - [`checkpoint`]: the checkpoint store trait, its file and etcd implementations and the batching checkpointer.
 //! - [`etcd`]: the shared etcd connection, key prefix and request metrics.
 //! - [`translate`]: the offset translation rule (committed source offset → target offset).
 //! - [`failover`]: a consumer group's offsets translated and committed on the target.

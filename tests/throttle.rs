@@ -67,7 +67,16 @@ impl TargetCounter {
         use rdkafka::consumer::Consumer;
         (0..self.partitions)
             .map(|p| {
-                self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).map_or(0, |(_, high)| high)
+                // A busy broker may answer slowly or without a leader for a moment: ask again.
+                (0..10)
+                    .find_map(|_| {
+                        self.consumer
+                            .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                            .ok()
+                            .filter(|(_, high)| *high >= 0)
+                    })
+                    .map(|(_, high)| high)
+                    .expect("the target topic's end offset")
             })
             .sum()
     }
