@@ -27,6 +27,8 @@ use crate::progress::TaskId;
 
 /// How often shards of departed members are checked for deletion.
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the controller notes etcd's revision and compacts what is older than the configured retention.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 /// etcd refuses transactions with more operations than this by default (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 
@@ -42,6 +44,37 @@ pub struct Controller {
     previous: Assignment,
     written: BTreeMap<String, AssignedWork>,
     generation: u64,
+    history: History,
+}
+
+/// etcd revisions noted over time, so the controller can compact exactly what is older than the retention.
+#[derive(Debug, Default)]
+pub struct History {
+    samples: std::collections::VecDeque<(tokio::time::Instant, i64)>,
+    compacted: i64,
+}
+
+impl History {
+    /// Notes that etcd was at `revision` at `now`.
+    pub fn note(&mut self, now: tokio::time::Instant, revision: i64) {
+        self.samples.push_back((now, revision));
+    }
+
+    /// The revision to compact at, if one noted at least `retention` ago is newer than the last compaction; forgets
+    /// the samples it passes.
+    pub fn due(&mut self, now: tokio::time::Instant, retention: Duration) -> Option<i64> {
+        let mut due = None;
+        while let Some((at, revision)) = self.samples.front().copied() {
+            if now.duration_since(at) < retention {
+                break;
+            }
+            self.samples.pop_front();
+            due = Some(revision);
+        }
+        let revision = due.filter(|revision| *revision > self.compacted)?;
+        self.compacted = revision;
+        Some(revision)
+    }
 }
 
 impl Controller {
@@ -80,8 +113,19 @@ impl Controller {
         let tasks = previous.by_member.values().flatten().cloned().collect();
         info!(revision = leadership.revision, members = previous.by_member.len(), generation, "became the controller");
         metrics.leader.set(1);
-        let controller =
-            Self { etcd, member, leadership, config, discovered, store, metrics, previous, written, generation };
+        let controller = Self {
+            etcd,
+            member,
+            leadership,
+            config,
+            discovered,
+            store,
+            metrics,
+            previous,
+            written,
+            generation,
+            history: History::default(),
+        };
         Ok((controller, tasks))
     }
 
@@ -91,6 +135,7 @@ impl Controller {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut garbage_due = tokio::time::Instant::now() + GARBAGE_INTERVAL;
+        let mut compaction_due = tokio::time::Instant::now();
         let outcome = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
@@ -119,6 +164,10 @@ impl Controller {
             if tokio::time::Instant::now() >= garbage_due {
                 garbage_due = tokio::time::Instant::now() + GARBAGE_INTERVAL;
                 self.collect_garbage(&live).await;
+            }
+            if tokio::time::Instant::now() >= compaction_due {
+                compaction_due = tokio::time::Instant::now() + COMPACTION_INTERVAL;
+                self.compact().await;
             }
         };
         self.metrics.leader.set(0);
@@ -207,6 +256,35 @@ impl Controller {
         Ok(())
     }
 
+    /// Compacts etcd history older than `checkpoint.etcd.history_retention`: checkpoints rewrite their keys every
+    /// interval, and etcd keeps every revision until compacted, growing until it refuses writes.
+    async fn compact(&mut self) {
+        let retention = self.config.borrow().checkpoint.etcd.as_ref().map(|etcd| etcd.history_retention.as_std());
+        let Some(retention) = retention.filter(|retention| !retention.is_zero()) else { return };
+        let key = self.etcd.key(crate::coordination::LEADER_KEY);
+        let revision =
+            self.etcd
+                .timed("revision", |mut client| async move {
+                    client.get(key, Some(GetOptions::new().with_count_only())).await
+                })
+                .await;
+        match revision.map(|response| response.header().map(|header| header.revision())) {
+            Ok(Some(revision)) => self.history.note(tokio::time::Instant::now(), revision),
+            Ok(None) => return,
+            Err(error) => {
+                debug!(%error, "cannot read etcd's revision");
+                return;
+            }
+        }
+        let Some(revision) = self.history.due(tokio::time::Instant::now(), retention) else { return };
+        match self.etcd.timed("compact", |mut client| async move { client.compact(revision, None).await }).await {
+            Ok(_) => info!(revision, kept = ?retention, "compacted etcd history"),
+            // etcd's own auto-compaction may already be further along.
+            Err(error) if error.to_string().contains("compacted") => debug!(%error, "etcd history already compacted"),
+            Err(error) => warn!(%error, "cannot compact etcd history"),
+        }
+    }
+
     fn publish_counts(&self, assignment: &Assignment) {
         self.metrics.assigned_tasks.reset();
         for (member, count) in assignment.counts() {
@@ -270,6 +348,21 @@ mod tests {
     fn config(yaml: &str) -> Config {
         use figment::providers::Format;
         Config::from_figment(figment::Figment::from(crate::config::Yaml::string(yaml))).expect("valid test config")
+    }
+
+    #[test]
+    fn history_is_compacted_only_past_the_retention_and_never_backwards() {
+        let start = tokio::time::Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut history = History::default();
+        for (minutes, revision) in [(0, 100), (1, 150), (2, 400)] {
+            history.note(start + minute * minutes, revision);
+        }
+        let hour = Duration::from_secs(3600);
+        assert_eq!(history.due(start + minute * 30, hour), None, "nothing is an hour old yet");
+        assert_eq!(history.due(start + hour + minute, hour), Some(150), "the newest revision at least an hour old");
+        assert_eq!(history.due(start + hour + minute, hour), None, "compacted once");
+        assert_eq!(history.due(start + hour * 2, hour), Some(400));
     }
 
     #[test]

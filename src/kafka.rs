@@ -60,9 +60,15 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
                 .set("enable.partition.eof", "false")
                 // A checkpoint below the log start (retention) resumes at the earliest record still there.
                 .set("auto.offset.reset", "earliest")
-                // librdkafka prefetches per partition; its defaults (64 MiB each) do not fit thousands of tasks.
-                .set("queued.max.messages.kbytes", "8192")
+                // librdkafka prefetches per partition (each task has its own partition queue); its defaults
+                // (64 MiB each) do not fit thousands of tasks. One fetch brings at most 1 MiB per partition
+                // (max.partition.fetch.bytes) and a broker connection has one fetch in flight, so 2 MiB queued keeps
+                // a partition fed; more only costs memory (docs/benchmarks.md).
+                .set("queued.max.messages.kbytes", "2048")
                 .set("queued.min.messages", "20000")
+                // A partition whose queue is over those limits is not fetched again for this long (librdkafka's
+                // default, 1 s, leaves a busy partition idle once its task has drained the queue).
+                .set("fetch.queue.backoff.ms", "10")
                 .set("fetch.wait.max.ms", "100")
                 // Manual assignment needs a group id only for librdkafka's bookkeeping; nothing is committed.
                 .set("group.id", format!("ferry-{alias}-unused"));

@@ -153,6 +153,13 @@ struct Replication<'a> {
     last_acked_timestamp_ms: Option<i64>,
     /// Set until the first acknowledgement of a cautious start.
     cautious: bool,
+    /// Acknowledged records and bytes not yet added to the shared counters. All tasks of a topic share one
+    /// counter (and all tasks of a flow one latency histogram), so per-record updates would contend across
+    /// threads; they are added once per batch of acknowledgements, in `publish`.
+    unpublished_records: u64,
+    unpublished_bytes: u64,
+    /// Latency observations not yet flushed into the flow's histogram (also in `publish`).
+    latency: prometheus::local::LocalHistogram,
 }
 
 impl Replication<'_> {
@@ -173,10 +180,10 @@ impl Replication<'_> {
             Outcome::Delivered(Ok(delivery)) => {
                 self.cautious = false;
                 self.position.acknowledged(record.offset, delivery.offset);
-                self.ctx.metrics.records.inc();
-                self.ctx.metrics.bytes.inc_by(record.bytes as u64);
+                self.unpublished_records += 1;
+                self.unpublished_bytes += record.bytes as u64;
                 if let Some(timestamp_ms) = record.timestamp_ms {
-                    self.ctx.metrics.latency.observe((now_ms() - timestamp_ms).max(0) as f64 / 1000.0);
+                    self.latency.observe((now_ms() - timestamp_ms).max(0) as f64 / 1000.0);
                     self.last_acked_timestamp_ms = Some(timestamp_ms);
                 }
             }
@@ -208,7 +215,13 @@ impl Replication<'_> {
         result
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if self.unpublished_records > 0 {
+            self.ctx.metrics.records.inc_by(self.unpublished_records);
+            self.ctx.metrics.bytes.inc_by(self.unpublished_bytes);
+            (self.unpublished_records, self.unpublished_bytes) = (0, 0);
+        }
+        self.latency.flush();
         if self.in_flight.is_empty() {
             self.ctx.progress.mark_idle(now_ms());
         }
@@ -406,6 +419,9 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         in_flight: VecDeque::new(),
         last_acked_timestamp_ms: None,
         cautious: ctx.cautious_start,
+        unpublished_records: 0,
+        unpublished_bytes: 0,
+        latency: ctx.metrics.latency.local(),
     };
     let result = match replication.replicate(&queue, &stop).await {
         Ok(()) => replication.drain().await,

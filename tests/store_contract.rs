@@ -93,6 +93,7 @@ fn etcd_config(endpoints: Vec<String>, prefix: String) -> EtcdConfig {
         password: None,
         tls: None,
         lease_ttl: ferry::config::Duration::from_secs(10),
+        history_retention: ferry::config::Duration::from_secs(3600),
     }
 }
 

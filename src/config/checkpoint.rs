@@ -68,6 +68,11 @@ pub struct EtcdConfig {
     /// TTL of the member lease (whole seconds, at least 1s); default `10s`. A crashed member's tasks move after it.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: Duration,
+    /// How much etcd history the controller keeps: it compacts older revisions (etcd keeps every revision until
+    /// compacted, and checkpoints rewrite their keys every interval). `0s` leaves compaction to etcd's own
+    /// `--auto-compaction-retention`. Default `1h`.
+    #[serde(default = "default_history_retention")]
+    pub history_retention: Duration,
 }
 
 impl EtcdConfig {
@@ -86,6 +91,11 @@ impl EtcdConfig {
 /// Default etcd key prefix.
 fn default_etcd_prefix() -> String {
     "/ferry".to_string()
+}
+
+/// Default etcd history kept by the controller's compaction.
+fn default_history_retention() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Default member lease TTL.

@@ -2,7 +2,7 @@
 //! joining, a member frozen past its lease, and etcd stopped for 30 s. (The fleet-wide throttle has its own test
 //! binary, `tests/throttle.rs`, so its rate measurement does not share the machine with these.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::fleet_support::*;
 async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss() {
     let env = env();
     let etcd = etcd_endpoint();
+    let started_at = current_revision(&etcd).await;
     const PARTITIONS: i32 = 12;
     let (topic, flow, prefix) = (unique("fleet"), unique("fleet"), format!("/{}", unique("ferry-fleet")));
     create_topic(&env.source, &topic, PARTITIONS, &[]).await;
@@ -71,7 +72,7 @@ async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss()
     wait_replicated(&env, &topic, PARTITIONS, Duration::from_secs(120)).await;
     let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
 
-    let changes = history(&etcd, &prefix).await;
+    let changes = history(&etcd, &prefix, started_at).await;
     let takes = assert_one_owner_at_a_time(&changes);
     // 12 at start, the killed member's 4, then the killed leader's 6.
     assert!(takes >= 12 + 4 + 6, "ownership history shows only {takes} takes");
@@ -91,6 +92,7 @@ async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss()
 async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice() {
     let env = env();
     let etcd = etcd_endpoint();
+    let started_at = current_revision(&etcd).await;
     const PARTITIONS: i32 = 12;
     let (topic, flow, prefix) = (unique("join"), unique("join"), format!("/{}", unique("ferry-join")));
     create_topic(&env.source, &topic, PARTITIONS, &[]).await;
@@ -140,7 +142,7 @@ async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice(
     wait_replicated(&env, &topic, PARTITIONS, Duration::from_secs(120)).await;
     let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
     assert_eq!(duplicates, 0, "a graceful hand-over checkpoints before releasing, so nothing is sent twice");
-    let changes = history(&etcd, &prefix).await;
+    let changes = history(&etcd, &prefix, started_at).await;
     assert_one_owner_at_a_time(&changes);
     let takes_after_join =
         changes.iter().filter(|c| c.put && c.key.contains("/owners/") && c.revision > before_join).count();
@@ -151,6 +153,7 @@ async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice(
 async fn a_member_frozen_past_its_lease_stops_its_tasks_and_rejoins() {
     let env = env();
     let etcd = etcd_endpoint();
+    let started_at = current_revision(&etcd).await;
     const PARTITIONS: i32 = 6;
     let (topic, flow, prefix) = (unique("frozen"), unique("frozen"), format!("/{}", unique("ferry-frozen")));
     create_topic(&env.source, &topic, PARTITIONS, &[]).await;
@@ -177,7 +180,7 @@ async fn a_member_frozen_past_its_lease_stops_its_tasks_and_rejoins() {
     feeder.await.unwrap();
     wait_replicated(&env, &topic, PARTITIONS, Duration::from_secs(120)).await;
     let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
-    assert_one_owner_at_a_time(&history(&etcd, &prefix).await);
+    assert_one_owner_at_a_time(&history(&etcd, &prefix, started_at).await);
     eprintln!("frozen member test: {duplicates} duplicates");
 }
 
@@ -191,12 +194,9 @@ struct EtcdNode {
 
 impl EtcdNode {
     fn start_new() -> Self {
-        let mut node = EtcdNode {
-            dir: tempfile::tempdir().unwrap(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            child: None,
-        };
+        // In memory when the machine has a tmpfs: etcd's fsyncs must not wait behind Kafka's disk writes.
+        let dir = if Path::new("/dev/shm").is_dir() { tempfile::tempdir_in("/dev/shm") } else { tempfile::tempdir() };
+        let mut node = EtcdNode { dir: dir.unwrap(), client_port: free_port(), peer_port: free_port(), child: None };
         node.start();
         node
     }

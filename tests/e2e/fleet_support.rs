@@ -20,6 +20,19 @@ pub fn etcd_endpoint() -> String {
 
 /// A fleet config: one flow of `include`, checkpoints in etcd under `prefix`, and `extra` appended (throttles).
 pub fn fleet_config(env: &TestEnv, etcd: &str, prefix: &str, flow: &str, include: &str, extra: &str) -> String {
+    fleet_config_with_ttl(env, etcd, prefix, flow, include, extra, TTL_SECONDS)
+}
+
+/// [`fleet_config`] with a lease TTL of `ttl_seconds`.
+pub fn fleet_config_with_ttl(
+    env: &TestEnv,
+    etcd: &str,
+    prefix: &str,
+    flow: &str,
+    include: &str,
+    extra: &str,
+    ttl_seconds: u64,
+) -> String {
     format!(
         r#"clusters:
   src:
@@ -34,7 +47,7 @@ checkpoint:
   etcd:
     endpoints: ["{etcd}"]
     prefix: "{prefix}"
-    lease_ttl: {TTL_SECONDS}s
+    lease_ttl: {ttl_seconds}s
 discovery:
   interval: 2s
 flows:
@@ -82,13 +95,14 @@ pub async fn current_revision(endpoint: &str) -> i64 {
     client.get("/", Some(GetOptions::new().with_count_only())).await.unwrap().header().unwrap().revision()
 }
 
-/// Every change under `prefix` since etcd started (the test etcd never compacts).
-pub async fn history(endpoint: &str, prefix: &str) -> Vec<Change> {
+/// Every change under `prefix` since `from_revision` (taken at the test's start: a ferry controller compacts only
+/// history older than an hour).
+pub async fn history(endpoint: &str, prefix: &str, from_revision: i64) -> Vec<Change> {
     let mut client = etcd_client::Client::connect([endpoint], None).await.unwrap();
     let current = client.get("/", Some(GetOptions::new().with_count_only())).await.unwrap();
     let head = current.header().unwrap().revision();
     let mut stream =
-        client.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(1))).await.unwrap();
+        client.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from_revision))).await.unwrap();
     let mut changes = Vec::new();
     let mut seen = 0;
     // History arrives in a few responses right away; a quiet second means it is complete (the prefix may have
