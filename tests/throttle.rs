@@ -100,8 +100,9 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
     const MIB: f64 = 1024.0 * 1024.0;
     let (topic, flow, prefix) = (unique("throttle"), unique("throttle"), format!("/{}", unique("ferry-throttle")));
     create_topic(&env.source, &topic, PARTITIONS, &[]).await;
-    // 4 MiB/s for ~30 s and 2 MiB/s for ~15 s need about 160 MB of backlog.
-    fill(&producer(&env.source), &topic, PARTITIONS, 170_000).await;
+    // 4 MiB/s for ~35 s (start, settle, measure) and 2 MiB/s for up to ~25 s need about 200 MB of backlog; more
+    // keeps a slow machine from running dry.
+    fill(&producer(&env.source), &topic, PARTITIONS, 260_000).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
     // A long lease: this test is about rates, and a member that loses its lease mid-measurement pauses its tasks.
