@@ -1,0 +1,626 @@
+//! The benchmark's Rust side (`scripts/bench` runs it; see docs/benchmarks.md):
+//!
+//! - `pipe`: the raw pipe, the baseline ferry is measured against: one plain librdkafka consumer (every partition
+//!   assigned, main queue polled) feeding one plain librdkafka producer, with exactly ferry's client settings
+//!   (`ferry::kafka::client_config`), copying key, value, headers and timestamp to the same partition. No
+//!   positions, no checkpoints, no per-record futures: the least work a correct copy can do.
+//! - `produce`: the load generator (the backlog as fast as the source takes it, or a fixed rate of records stamped
+//!   with their send time for the latency phase and the scale run).
+//! - `watch`: polls the end offsets of source and target topics and prints one JSON line per poll, so the script
+//!   can time the drain and sample the replicator's CPU and memory at its start and end.
+//! - `latency`: reads the target and prints the distribution of receive time − record timestamp.
+//! - `create-topics`: creates many topics in one admin request.
+//!
+//! It is a `[[bench]]` with `harness = false`: `cargo bench --bench pipe -- pipe ...` runs it. Without a
+//! subcommand (as `cargo test --all-targets` runs it) it prints nothing and exits 0.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use ferry::config::ClusterConfig;
+use ferry::kafka::{client_config, Role};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+#[command(about = "ferry benchmark tool: raw pipe, load generator, offset watcher, latency reader")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy SOURCE_TOPIC=TARGET_TOPIC pairs from the first partition to the last, until killed.
+    Pipe {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        target: String,
+        /// SOURCE_TOPIC=TARGET_TOPIC (repeatable); target topics must exist with as many partitions.
+        #[arg(long = "map", required = true)]
+        maps: Vec<String>,
+        /// Extra librdkafka property for the consumer (KEY=VALUE, repeatable).
+        #[arg(long = "consumer-set")]
+        consumer_set: Vec<String>,
+        /// Extra librdkafka property for the producer (KEY=VALUE, repeatable).
+        #[arg(long = "producer-set")]
+        producer_set: Vec<String>,
+    },
+    /// Produce records of `size` value bytes (no key) round-robin over the partitions of the topics.
+    Produce {
+        #[arg(long)]
+        bootstrap: String,
+        /// Topic names, comma-separated.
+        #[arg(long)]
+        topics: String,
+        #[arg(long)]
+        partitions: i32,
+        /// Stop after this many records (0: only `seconds` counts).
+        #[arg(long, default_value_t = 0)]
+        records: u64,
+        /// Stop after this many seconds (0: only `records` counts).
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Records per second (0: as fast as the cluster takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Producer linger.ms (default: 5 at a fixed rate, 20 as fast as possible).
+        #[arg(long)]
+        linger_ms: Option<u64>,
+        /// Disable idempotence (a librdkafka idempotent producer spends much CPU per partition with
+        /// thousands of partitions).
+        #[arg(long)]
+        no_idempotence: bool,
+        /// First send one record per partition marked with the `ferry-bench-warmup` header (which `latency`
+        /// ignores) and wait for it, so connection set-up and producer id are not part of the stamped records.
+        #[arg(long)]
+        warmup: bool,
+    },
+    /// Poll end offsets every `interval-ms`; one JSON line per poll; exit once every target partition reached
+    /// its source partition's end (with --until-caught-up) or after `timeout` seconds (exit 1).
+    Watch {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        target: String,
+        /// SOURCE_TOPIC=TARGET_TOPIC (repeatable).
+        #[arg(long = "map", required = true)]
+        maps: Vec<String>,
+        #[arg(long)]
+        partitions: i32,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 1800.0)]
+        timeout: f64,
+    },
+    /// Read a topic from its beginning until `expect` records arrived (or `timeout` seconds passed); print
+    /// the end-to-end latency (receive time − record timestamp) percentiles as JSON.
+    Latency {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partitions: i32,
+        #[arg(long)]
+        expect: u64,
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Create topics (comma-separated) with `partitions` each, replication factor 1, in one request.
+    CreateTopics {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topics: String,
+        #[arg(long)]
+        partitions: i32,
+    },
+}
+
+fn main() {
+    // `cargo test --all-targets` and `cargo bench` without arguments run this binary too: nothing to do then.
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    if args.first().is_none_or(|arg| arg.starts_with('-')) {
+        return;
+    }
+    let cli = Cli::parse_from(std::iter::once("pipe".to_owned()).chain(args));
+    let result = match cli.command {
+        Command::Pipe { source, target, maps, consumer_set, producer_set } => {
+            pipe(&source, &target, &pairs(&maps), &consumer_set, &producer_set)
+        }
+        Command::Produce {
+            bootstrap,
+            topics,
+            partitions,
+            records,
+            seconds,
+            size,
+            rate,
+            linger_ms,
+            no_idempotence,
+            warmup,
+        } => {
+            let linger_ms = linger_ms.unwrap_or(if rate > 0.0 { 5 } else { 20 });
+            let load = Load { records, seconds, size, rate, linger_ms, idempotence: !no_idempotence, warmup };
+            produce(&bootstrap, &split(&topics), partitions, &load)
+        }
+        Command::Watch { source, target, maps, partitions, interval_ms, timeout } => {
+            watch(&source, &target, &pairs(&maps), partitions, Duration::from_millis(interval_ms), timeout)
+        }
+        Command::Latency { bootstrap, topic, partitions, expect, timeout } => {
+            latency(&bootstrap, &topic, partitions, expect, timeout)
+        }
+        Command::CreateTopics { bootstrap, topics, partitions } => {
+            create_topics(&bootstrap, &split(&topics), partitions)
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("pipe: {error}");
+        std::process::exit(1);
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn pairs(maps: &[String]) -> Vec<(String, String)> {
+    maps.iter()
+        .map(|map| {
+            let (source, target) = map.split_once('=').unwrap_or_else(|| panic!("--map wants SOURCE=TARGET: {map}"));
+            (source.to_owned(), target.to_owned())
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
+}
+
+fn cluster(bootstrap: &str) -> ClusterConfig {
+    ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new() }
+}
+
+fn plain(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+fn apply(config: &mut ClientConfig, settings: &[String]) {
+    for setting in settings {
+        let (key, value) = setting.split_once('=').unwrap_or_else(|| panic!("KEY=VALUE expected: {setting}"));
+        config.set(key, value);
+    }
+}
+
+/// Prints librdkafka's log lines (`--consumer-set debug=...`) to stderr.
+struct StderrLog;
+
+impl ClientContext for StderrLog {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        eprintln!("{:.3} {level:?} {facility}: {message}", now_secs());
+    }
+}
+
+impl ConsumerContext for StderrLog {}
+
+/// Counts acknowledgements and failures of the pipe's producer.
+struct Deliveries {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) < 10 {
+                    eprintln!("pipe: delivery failed: {error}");
+                }
+            }
+        }
+    }
+}
+
+fn pipe(
+    source: &str,
+    target: &str,
+    maps: &[(String, String)],
+    consumer_set: &[String],
+    producer_set: &[String],
+) -> Result<()> {
+    let mut assignment = TopicPartitionList::new();
+    let mut target_of = HashMap::new();
+    let metadata_client: BaseConsumer = plain(source).create()?;
+    for (source_topic, target_topic) in maps {
+        let metadata = metadata_client.fetch_metadata(Some(source_topic), Duration::from_secs(10))?;
+        let partitions = metadata.topics().first().map_or(0, |topic| topic.partitions().len());
+        if partitions == 0 {
+            return Err(format!("source topic {source_topic} has no partitions").into());
+        }
+        for partition in 0..partitions as i32 {
+            assignment.add_partition_offset(source_topic, partition, Offset::Beginning)?;
+        }
+        target_of.insert(source_topic.clone(), target_topic.clone());
+    }
+    drop(metadata_client);
+
+    let mut consumer_config = client_config("raw-source", &cluster(source), Role::Consumer)?;
+    // ferry gives every partition a queue of its own, and librdkafka applies these two prefetch limits to the
+    // queue a partition's records wait in. Here every partition feeds the one consumer queue, so the same
+    // per-partition budget is the limit times the partition count (else the pipe backs off fetching for
+    // fetch.queue.backoff.ms whenever the shared queue holds one partition's worth).
+    for key in ["queued.min.messages", "queued.max.messages.kbytes"] {
+        let per_partition: i64 = consumer_config.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if per_partition > 0 {
+            let limit = if key == "queued.min.messages" { 10_000_000 } else { 2_097_151 };
+            consumer_config.set(key, (per_partition * assignment.count() as i64).min(limit).to_string());
+        }
+    }
+    apply(&mut consumer_config, consumer_set);
+    if consumer_set.iter().any(|setting| setting.starts_with("debug=")) {
+        consumer_config.set_log_level(RDKafkaLogLevel::Debug);
+    }
+    let consumer: BaseConsumer<StderrLog> = consumer_config.create_with_context(StderrLog)?;
+    let mut producer_config = client_config("raw-target", &cluster(target), Role::Producer)?;
+    apply(&mut producer_config, producer_set);
+    let producer: BaseProducer<Deliveries> =
+        producer_config.create_with_context(Deliveries { acked: AtomicU64::new(0), failed: AtomicU64::new(0) })?;
+
+    consumer.assign(&assignment)?;
+    eprintln!("pipe: copying {} partitions", assignment.count());
+
+    let stop = stop_on_sigterm();
+    let mut sent: u64 = 0;
+    let mut queue_full: u64 = 0;
+    let verbose = std::env::var_os("PIPE_VERBOSE").is_some();
+    let mut last_report = Instant::now();
+    loop {
+        if verbose && last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "pipe: sent {sent} acked {} queue-full {queue_full} in-queue {}",
+                producer.context().acked.load(Ordering::Relaxed),
+                producer.in_flight_count()
+            );
+        }
+        if stop.load(Ordering::Relaxed) {
+            producer.flush(Duration::from_secs(30))?;
+            let (acked, failed) =
+                (producer.context().acked.load(Ordering::Relaxed), producer.context().failed.load(Ordering::Relaxed));
+            eprintln!("pipe: stopped after {sent} records sent, {acked} acknowledged, {failed} failed");
+            return if failed == 0 { Ok(()) } else { Err(format!("{failed} records failed").into()) };
+        }
+        let message = match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                producer.poll(Duration::ZERO);
+                continue;
+            }
+            Some(Err(error)) => {
+                eprintln!("pipe: consumer error: {error}");
+                continue;
+            }
+            Some(Ok(message)) => message,
+        };
+        let Some(target_topic) = target_of.get(message.topic()) else { continue };
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(target_topic).partition(message.partition());
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(timestamp) = message.timestamp().to_millis() {
+            record = record.timestamp(timestamp);
+        }
+        if let Some(headers) = message.headers() {
+            record = record.headers(headers.detach());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    queue_full += 1;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+        sent += 1;
+        if sent % 256 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+}
+
+/// A flag set by SIGTERM (served by a thread of its own).
+fn stop_on_sigterm() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let mut terminate = runtime
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) })
+        .expect("SIGTERM handler");
+    std::thread::spawn(move || {
+        runtime.block_on(terminate.recv());
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// A buffer of incompressible bytes; record values are windows of it.
+fn filler(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// What `produce` sends.
+struct Load {
+    records: u64,
+    seconds: f64,
+    size: usize,
+    rate: f64,
+    linger_ms: u64,
+    idempotence: bool,
+    warmup: bool,
+}
+
+/// Header of the records `produce --warmup` sends first; `latency` does not count them.
+const WARMUP_HEADER: &str = "ferry-bench-warmup";
+
+fn produce(bootstrap: &str, topics: &[String], partitions: i32, load: &Load) -> Result<()> {
+    let Load { records, seconds, size, rate, .. } = *load;
+    if records == 0 && seconds <= 0.0 {
+        return Err("give --records or --seconds".into());
+    }
+    let producer: BaseProducer = plain(bootstrap)
+        .set("enable.idempotence", load.idempotence.to_string())
+        .set("acks", "all")
+        .set("linger.ms", load.linger_ms.to_string())
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("message.timeout.ms", "0")
+        .create()?;
+    let data = filler(size + 4096);
+    let targets: Vec<(&str, i32)> =
+        topics.iter().flat_map(|topic| (0..partitions).map(move |partition| (topic.as_str(), partition))).collect();
+    if load.warmup {
+        for &(topic, partition) in &targets {
+            let headers = OwnedHeaders::new().insert(Header { key: WARMUP_HEADER, value: Some(&b"1"[..]) });
+            let record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(topic).partition(partition).payload(&data[..size]).headers(headers);
+            producer.send(record).map_err(|(error, _)| error)?;
+        }
+        producer.flush(Duration::from_secs(60))?;
+    }
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    loop {
+        if records > 0 && sent >= records {
+            break;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        if seconds > 0.0 && elapsed >= seconds {
+            break;
+        }
+        if rate > 0.0 && (sent as f64) >= rate * elapsed {
+            producer.poll(Duration::from_millis(1));
+            continue;
+        }
+        let (topic, partition) = targets[(sent % targets.len() as u64) as usize];
+        let offset = (sent as usize * 61) % 4096;
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(partition).payload(&data[offset..offset + size]).timestamp(now_ms());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+        sent += 1;
+        if sent % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(600))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"records\": {sent}, \"seconds\": {elapsed:.3}, \"records_per_sec\": {:.0}}}",
+        sent as f64 / elapsed.max(1e-9)
+    );
+    Ok(())
+}
+
+/// End offsets of every partition of `topic`; `None` for a partition (or topic) that does not exist yet.
+fn end_offsets(client: &BaseConsumer, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    (0..partitions)
+        .map(|partition| client.fetch_watermarks(topic, partition, Duration::from_secs(5)).ok().map(|w| w.1))
+        .collect()
+}
+
+fn watch(
+    source: &str,
+    target: &str,
+    maps: &[(String, String)],
+    partitions: i32,
+    interval: Duration,
+    timeout: f64,
+) -> Result<()> {
+    let source_client: BaseConsumer = plain(source).create()?;
+    let target_client: BaseConsumer = plain(target).create()?;
+    let mut source_ends = Vec::new();
+    for (source_topic, _) in maps {
+        for end in end_offsets(&source_client, source_topic, partitions) {
+            source_ends.push(end.ok_or_else(|| format!("cannot read the end offsets of {source_topic}"))?);
+        }
+    }
+    let source_total: i64 = source_ends.iter().sum();
+    let start = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    // Until a replicator created its target topic, watermark requests for it would wait out their timeout.
+    let mut created = vec![false; maps.len()];
+    loop {
+        let mut target_ends = Vec::with_capacity(source_ends.len());
+        for ((_, target_topic), created) in maps.iter().zip(created.iter_mut()) {
+            if !*created {
+                let metadata = target_client.fetch_metadata(Some(target_topic), Duration::from_secs(5))?;
+                *created = metadata
+                    .topics()
+                    .first()
+                    .is_some_and(|topic| topic.error().is_none() && topic.partitions().len() as i32 == partitions);
+            }
+            if *created {
+                target_ends
+                    .extend(end_offsets(&target_client, target_topic, partitions).into_iter().map(|e| e.unwrap_or(0)));
+            } else {
+                target_ends.extend(std::iter::repeat_n(0, partitions as usize));
+            }
+        }
+        let caught_up = target_ends.iter().zip(&source_ends).all(|(target, source)| target >= source);
+        writeln!(
+            stdout,
+            "{{\"t\": {:.3}, \"source\": {source_total}, \"target\": {}, \"caught_up\": {caught_up}}}",
+            now_secs(),
+            target_ends.iter().sum::<i64>()
+        )?;
+        stdout.flush()?;
+        if caught_up {
+            return Ok(());
+        }
+        if start.elapsed().as_secs_f64() > timeout {
+            return Err(format!("not caught up after {timeout} s").into());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn latency(bootstrap: &str, topic: &str, partitions: i32, expect: u64, timeout: f64) -> Result<()> {
+    let consumer: BaseConsumer = plain(bootstrap)
+        .set("group.id", "ferry-bench-latency-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let start = Instant::now();
+    let mut latencies: Vec<i64> = Vec::with_capacity(expect as usize);
+    while (latencies.len() as u64) < expect && start.elapsed().as_secs_f64() < timeout {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let warmup =
+                    message.headers().is_some_and(|headers| headers.iter().any(|header| header.key == WARMUP_HEADER));
+                if let (Some(timestamp), false) = (message.timestamp().to_millis(), warmup) {
+                    latencies.push(now_ms() - timestamp);
+                }
+            }
+            Some(Err(error)) => eprintln!("latency: consumer error: {error}"),
+            None => {}
+        }
+    }
+    latencies.sort_unstable();
+    let quantile = |q: f64| -> i64 {
+        if latencies.is_empty() {
+            return -1;
+        }
+        latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+    };
+    println!(
+        "{{\"records\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
+        latencies.len(),
+        quantile(0.5),
+        quantile(0.99),
+        quantile(1.0)
+    );
+    if (latencies.len() as u64) < expect {
+        return Err(format!("only {} of {expect} records arrived within {timeout} s", latencies.len()).into());
+    }
+    Ok(())
+}
+
+fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = plain(bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(120)));
+    // One request per chunk: a single-node broker creates a few thousand partitions per request comfortably.
+    for chunk in topics.chunks(20) {
+        let mut attempt = 0;
+        loop {
+            let new_topics: Vec<NewTopic<'_>> =
+                chunk.iter().map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(1))).collect();
+            let mut retry = false;
+            for result in futures::executor::block_on(admin.create_topics(&new_topics, &options))? {
+                match result {
+                    Ok(_) => {}
+                    Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => eprintln!("create-topics: {topic} exists"),
+                    // A broker that missed a heartbeat on a busy machine is fenced for a moment: no broker to
+                    // place replicas on. Retry the chunk (topics already created report TopicAlreadyExists).
+                    Err((topic, code)) if attempt < 10 && is_transient(code) => {
+                        eprintln!("create-topics: {topic}: {code}; retrying");
+                        retry = true;
+                    }
+                    Err((topic, code)) => return Err(format!("cannot create {topic}: {code}").into()),
+                }
+            }
+            if !retry {
+                break;
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    Ok(())
+}
+
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::BrokerNotAvailable
+    )
+}
