@@ -22,8 +22,9 @@ fn replace_file(path: &Path, text: &str) {
     std::fs::rename(&temporary, path).unwrap();
 }
 
-/// Bytes per record in the throttle test: a value only, so the throttle's count and the test's agree.
-const THROTTLED_RECORD: usize = 1_000;
+/// Bytes per record in the throttle test: a value only, so the throttle's count and the test's agree; large enough that
+/// 4 MiB/s is a few hundred records a second, so three debug-build members on two shared cores keep up with it.
+const THROTTLED_RECORD: usize = 10_000;
 
 async fn fill(producer: &FutureProducer, topic: &str, partitions: i32, records: usize) {
     let value = vec![b'x'; THROTTLED_RECORD];
@@ -107,7 +108,7 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
     let (topic, flow, prefix) = (unique("throttle"), unique("throttle"), format!("/{}", unique("ferry-throttle")));
     create_topic(&env.source, &topic, PARTITIONS, &[]).await;
     // 4 MiB/s for ~35 s (start, settle, measure) and 2 MiB/s for ~15 s need about 180 MB of backlog.
-    fill(&producer(&env.source), &topic, PARTITIONS, 200_000).await;
+    fill(&producer(&env.source), &topic, PARTITIONS, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.yaml");
     // A long lease: this test is about rates, and a member that loses its lease mid-measurement pauses its tasks.
@@ -147,7 +148,6 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
         rate / MIB
     );
 
-    // A lower budget: reaching it does not depend on how much CPU the machine has to spare.
     replace_file(&config, &throttled("2MiB/s"));
     let reloaded_at = Instant::now();
     // The controller re-splits the new budget and every member enforces its new share...
@@ -162,11 +162,10 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
     })
     .await;
     let took = reloaded_at.elapsed();
-    // ...and the target sees it: a window that starts after the switch stays within the new budget. (Only the upper
-    // bound: a throttle caps; whether a busy machine reaches the cap was checked above at 4 MiB/s.)
+    // ...and the target sees it: a window that starts after the switch runs at the new budget.
     let reloaded_rate = counter.rate(Duration::from_secs(5)).await;
     assert!(
-        reloaded_rate <= 2.0 * MIB * 1.15,
+        (reloaded_rate / (2.0 * MIB) - 1.0).abs() <= 0.15,
         "after the reload to 2 MiB/s the aggregate target write rate is {:.2} MiB/s",
         reloaded_rate / MIB
     );
