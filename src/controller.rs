@@ -17,7 +17,9 @@ use tracing::{debug, info, warn};
 use crate::assignment::{self, Assignment};
 use crate::checkpoint::EtcdStore;
 use crate::config::Config;
-use crate::coordination::{assignment_key, decode, AssignedWork, CoordinationError, ThrottleShare, POLL_INTERVAL};
+use crate::coordination::{
+    assignment_key, read_assignments, AssignedWork, CoordinationError, ThrottleShare, POLL_INTERVAL,
+};
 use crate::discovery::Discovered;
 use crate::election::Leadership;
 use crate::etcd::Etcd;
@@ -91,25 +93,12 @@ impl Controller {
         store: Option<Arc<EtcdStore>>,
         metrics: Metrics,
     ) -> Result<(Self, BTreeSet<TaskId>), CoordinationError> {
-        let prefix = etcd.key(&assignment_key(""));
-        let response = {
-            let prefix = prefix.clone();
-            etcd.timed("assignments_get", |mut client| async move {
-                client.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
-            .await?
-        };
+        let written = read_assignments(&etcd).await?;
         let mut previous = Assignment::default();
-        let mut written = BTreeMap::new();
-        let mut generation = 0;
-        for kv in response.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(holder) = key.strip_prefix(&prefix) else { continue };
-            let work: AssignedWork = decode(&key, kv.value())?;
-            generation = generation.max(work.generation);
-            previous.by_member.insert(holder.to_owned(), work.task_ids());
-            written.insert(holder.to_owned(), work);
+        for (member, work) in &written {
+            previous.by_member.insert(member.clone(), work.task_ids());
         }
+        let generation = written.values().map(|work| work.generation).max().unwrap_or(0);
         let tasks = previous.by_member.values().flatten().cloned().collect();
         info!(revision = leadership.revision, members = previous.by_member.len(), generation, "became the controller");
         metrics.leader.set(1);

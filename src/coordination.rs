@@ -159,6 +159,25 @@ pub fn new_member_id() -> String {
     format!("{host}-{:08x}", hasher.finish() as u32)
 }
 
+/// Every member's assignment as the controller last wrote it, by member id.
+pub async fn read_assignments(etcd: &crate::etcd::Etcd) -> Result<BTreeMap<String, AssignedWork>, CoordinationError> {
+    let prefix = etcd.key(&assignment_key(""));
+    let response = {
+        let prefix = prefix.clone();
+        etcd.timed("assignments_get", |mut client| async move {
+            client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
+        })
+        .await?
+    };
+    let mut assignments = BTreeMap::new();
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let Some(member) = key.strip_prefix(&prefix) else { continue };
+        assignments.insert(member.to_owned(), decode(&key, kv.value())?);
+    }
+    Ok(assignments)
+}
+
 /// Decodes a JSON value read from `key`.
 pub fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, CoordinationError> {
     serde_json::from_slice(value)

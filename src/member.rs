@@ -23,7 +23,7 @@ use crate::checkpoint::{CheckpointStore, Checkpointer, EtcdStore, FileStore, Sto
 use crate::config::{Config, ConfigError, ConfigProblem, Delivery, FlowConfig, Naming, StoreKind};
 use crate::controller::Controller;
 use crate::coordination::{
-    assignment_key, decode, new_member_id, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
+    new_member_id, read_assignments, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
 };
 use crate::discovery::{Discovered, Discovery, FlowTopics};
 use crate::election::campaign_and_observe;
@@ -773,24 +773,11 @@ impl Coordinator {
 /// The live members with their assigned task counts.
 async fn fleet_view(etcd: &Etcd) -> Result<Vec<FleetMember>, CoordinationError> {
     let members = live_members(etcd).await?;
-    let prefix = etcd.key(&assignment_key(""));
-    let response = {
-        let prefix = prefix.clone();
-        etcd.timed("assignments_get", |mut client| async move {
-            client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
-        })
-        .await?
-    };
-    let mut counts = BTreeMap::new();
-    for kv in response.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let work: AssignedWork = decode(&key, kv.value())?;
-        counts.insert(key.trim_start_matches(&prefix).to_owned(), work.task_ids().len());
-    }
+    let assignments = read_assignments(etcd).await?;
     Ok(members
         .into_values()
         .map(|info| FleetMember {
-            assigned_tasks: counts.get(&info.id).copied().unwrap_or(0),
+            assigned_tasks: assignments.get(&info.id).map_or(0, |work| work.task_ids().len()),
             id: info.id,
             http: info.http,
         })
