@@ -636,8 +636,7 @@ impl Coordinator {
         }
         let (assigned_tx, assigned_rx) = watch::channel(None::<AssignedWork>);
         {
-            // The supervisor keeps its own wanted channel across sessions; ownership publishes into it.
-            let (own_tx, mut own_rx) = watch::channel(Discovered::default());
+            // Ownership publishes straight into the supervisor's wanted channel, which outlives the session.
             let ownership = Ownership::new(
                 self.etcd.clone(),
                 membership.clone(),
@@ -647,22 +646,11 @@ impl Coordinator {
                 self.shared.config.subscribe(),
                 assigned_rx,
                 self.running.clone(),
-                own_tx,
+                self.wanted.clone(),
                 self.shared.metrics.clone(),
                 DRAIN_TIMEOUT,
             );
-            let session = session.clone();
             joins.spawn(ownership.run(session.clone()));
-            let wanted = self.wanted.clone();
-            joins.spawn(async move {
-                loop {
-                    wanted.send_replace(own_rx.borrow_and_update().clone());
-                    tokio::select! {
-                        _ = session.cancelled() => return,
-                        changed = own_rx.changed() => if changed.is_err() { return },
-                    }
-                }
-            });
         }
         let mut controller: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
         let mut ticker = tokio::time::interval(POLL_INTERVAL);

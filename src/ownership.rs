@@ -37,7 +37,7 @@ pub struct Ownership {
     config: watch::Receiver<Arc<Config>>,
     assigned: watch::Receiver<Option<AssignedWork>>,
     running: watch::Receiver<BTreeSet<TaskId>>,
-    wanted: watch::Sender<Discovered>,
+    wanted: Arc<watch::Sender<Discovered>>,
     metrics: Metrics,
     drain_timeout: Duration,
     owned: BTreeMap<TaskId, TaskSpec>,
@@ -55,7 +55,7 @@ impl Ownership {
         config: watch::Receiver<Arc<Config>>,
         assigned: watch::Receiver<Option<AssignedWork>>,
         running: watch::Receiver<BTreeSet<TaskId>>,
-        wanted: watch::Sender<Discovered>,
+        wanted: Arc<watch::Sender<Discovered>>,
         metrics: Metrics,
         drain_timeout: Duration,
     ) -> Self {
@@ -228,21 +228,16 @@ impl Ownership {
 
     /// Stops `tasks`, writes their last checkpoint, then gives up their owner keys.
     async fn release(&mut self, tasks: Vec<TaskId>, shutdown: &CancellationToken) {
-        for id in &tasks {
-            self.owned.remove(id);
-        }
+        // Kept to put back: a release that cannot finish leaves the tasks ours, neither run twice nor released
+        // unflushed, and the next round tries again.
+        let specs: Vec<TaskSpec> = tasks.iter().filter_map(|id| self.owned.remove(id)).collect();
         self.publish(None, Some(format!("handing over {} tasks", tasks.len())));
         let leaving: BTreeSet<TaskId> = tasks.iter().cloned().collect();
         let stopped = self.running.wait_for(|running| running.is_disjoint(&leaving));
         // A task bounds its own drain; the margin covers the join.
         if tokio::time::timeout(self.drain_timeout + Duration::from_secs(5), stopped).await.is_err() {
             warn!(tasks = tasks.len(), "tasks did not stop in time; keeping their ownership until they do");
-            for id in tasks {
-                // Still ours: put them back so they are neither run twice nor released unflushed.
-                if let Some(spec) = self.spec_of(&id) {
-                    self.owned.insert(id, spec);
-                }
-            }
+            self.keep(specs);
             return;
         }
         if shutdown.is_cancelled() {
@@ -250,11 +245,7 @@ impl Ownership {
         }
         if let Err(error) = self.checkpointer.flush().await {
             warn!(%error, "cannot write the last checkpoint of moving tasks; keeping their ownership until it is written");
-            for id in tasks {
-                if let Some(spec) = self.spec_of(&id) {
-                    self.owned.insert(id, spec);
-                }
-            }
+            self.keep(specs);
             return;
         }
         let mut by_flow: BTreeMap<Arc<str>, Vec<TaskKey>> = BTreeMap::new();
@@ -298,11 +289,10 @@ impl Ownership {
         info!(tasks = tasks.len(), "handed over tasks after their last checkpoint");
     }
 
-    fn spec_of(&self, id: &TaskId) -> Option<TaskSpec> {
-        let config = self.config.borrow().clone();
-        let flow = config.flows.iter().find(|flow| *flow.name == *id.flow)?;
-        let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
-        Some(TaskSpec { id: id.clone(), target_topic: naming.remote_topic(&id.topic), resume: None })
+    fn keep(&mut self, specs: Vec<TaskSpec>) {
+        for spec in specs {
+            self.owned.insert(spec.id.clone(), spec);
+        }
     }
 }
 
