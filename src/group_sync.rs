@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -22,7 +23,7 @@ use crate::kafka::{ClusterContext, REQUEST_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::naming::TopicNaming;
 use crate::progress::Registry;
-use crate::target::TargetProducer;
+use crate::target::{AckSink, TargetProducer, TargetRecord};
 use crate::translate::translate;
 
 /// MirrorMaker 2's checkpoint record for one group partition (its `Checkpoint` class, format version 0): the key
@@ -268,7 +269,7 @@ impl Mm2Checkpoints {
             self.admin.create_topic(&self.topic, 1, &compact).await.map_err(|e| e.to_string())?;
             self.topic_ready = true;
         }
-        let mut deliveries = Vec::with_capacity(synced.partitions.len());
+        let sink = AckSink::new();
         for offset in &synced.partitions {
             let target_topic = naming.remote_topic(&offset.topic);
             let (key, value) = mm2_checkpoint_record(
@@ -278,12 +279,13 @@ impl Mm2Checkpoints {
                 offset.source_offset,
                 offset.target_offset,
             );
-            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value);
-            deliveries.push(self.producer.producer().send_result(record).map_err(|(error, _)| error.to_string())?);
+            let record: TargetRecord<'_> = BaseRecord::with_opaque_to(&self.topic, sink.clone())
+                .partition(0)
+                .key(key.as_slice())
+                .payload(value.as_slice());
+            self.producer.send(record).map_err(|(error, _)| error.to_string())?;
         }
-        for delivery in deliveries {
-            delivery.await.map_err(|_| "producer shut down".to_owned())?.map_err(|(error, _)| error.to_string())?;
-        }
+        sink.wait_for(synced.partitions.len()).await.map_err(|error| error.to_string())?;
         Ok(())
     }
 }

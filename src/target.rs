@@ -1,21 +1,123 @@
-//! The target side: one shared idempotent producer per target cluster, used by every task writing there.
+//! The target side: one shared idempotent producer per target cluster, used by every task writing there, and the
+//! acknowledgement sink through which each task learns what became of its records.
 //!
 //! Invariant: records of one partition are acknowledged in the order they were sent (idempotence keeps order
 //! across retries), which is what lets a task advance its position by acknowledgements alone.
+//!
+//! Acknowledgements arrive in batches: the producer's delivery thread appends each one to the sending task's
+//! [`AckSink`] and wakes the task only if it is waiting, so a task wakes once per delivery batch, not once per
+//! record, and no per-record future or channel is allocated (docs/benchmarks.md).
 
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, Producer};
+use futures::task::AtomicWaker;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
 
 use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIMEOUT};
 use crate::metrics::Metrics;
 
+/// What became of one produced record: its target offset, or why the target refused it.
+pub type Ack = Result<i64, KafkaError>;
+
+/// Where the producer's delivery thread leaves the acknowledgements of one sender's records, in send order.
+#[derive(Debug, Default)]
+pub struct AckSink {
+    arrived: Mutex<Vec<Ack>>,
+    waker: AtomicWaker,
+}
+
+impl AckSink {
+    /// An empty sink, to be handed to [`TargetProducer::send`] with every record.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn push(&self, ack: Ack) {
+        self.arrived.lock().expect("ack sink lock poisoned").push(ack);
+        self.waker.wake();
+    }
+
+    /// Moves every acknowledgement that arrived into `into` (which the caller has emptied); `Pending` (and a wake-up
+    /// when the next one arrives) if none did.
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<Ack>) -> Poll<()> {
+        // Registering before looking closes the race with a push between the look and the registration.
+        self.waker.register(cx.waker());
+        if self.try_take(into) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Moves every acknowledgement that arrived into `into`; whether there was any.
+    pub fn try_take(&self, into: &mut Vec<Ack>) -> bool {
+        let mut arrived = self.arrived.lock().expect("ack sink lock poisoned");
+        if arrived.is_empty() {
+            return false;
+        }
+        // Swapping hands the delivery thread back the caller's (empty, already allocated) buffer.
+        std::mem::swap(&mut *arrived, into);
+        true
+    }
+
+    /// Waits for the next acknowledgements and moves them into `into`.
+    pub async fn take(&self, into: &mut Vec<Ack>) {
+        std::future::poll_fn(|cx| self.poll_take(cx, into)).await
+    }
+
+    /// Waits until `count` acknowledgements arrived; the first refusal among them, if any.
+    pub async fn wait_for(&self, count: usize) -> Result<(), KafkaError> {
+        let (mut acks, mut received) = (Vec::new(), 0);
+        while received < count {
+            self.take(&mut acks).await;
+            received += acks.len();
+            acks.drain(..).collect::<Result<Vec<_>, _>>()?;
+        }
+        Ok(())
+    }
+}
+
+/// Producer context of a target producer: logs under the cluster alias and routes acknowledgements to the sink
+/// each record was sent with.
+pub struct TargetContext {
+    cluster: ClusterContext,
+}
+
+impl ClientContext for TargetContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.cluster.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.cluster.error(error, reason);
+    }
+}
+
+impl ProducerContext for TargetContext {
+    type DeliveryOpaque = Arc<AckSink>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sink: Arc<AckSink>) {
+        sink.push(match result {
+            Ok(message) => Ok(message.offset()),
+            Err((error, _)) => Err(error.clone()),
+        });
+    }
+}
+
+/// A record for [`TargetProducer::send`]; its acknowledgement goes to the sink it carries.
+pub type TargetRecord<'a> = BaseRecord<'a, [u8], [u8], Arc<AckSink>>;
+
 /// The shared producer of one target cluster.
 #[derive(Clone)]
 pub struct TargetProducer {
     alias: String,
-    producer: FutureProducer<ClusterContext>,
+    producer: Arc<ThreadedProducer<TargetContext>>,
 }
 
 impl std::fmt::Debug for TargetProducer {
@@ -27,10 +129,11 @@ impl std::fmt::Debug for TargetProducer {
 impl TargetProducer {
     /// Builds the producer for cluster `alias`; it connects lazily.
     pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, ClientError> {
+        let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
         let producer = client_config(alias, cluster, Role::Producer)?
-            .create_with_context(ClusterContext::new(alias, metrics))
+            .create_with_context(context)
             .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
-        Ok(Self { alias: alias.to_owned(), producer })
+        Ok(Self { alias: alias.to_owned(), producer: Arc::new(producer) })
     }
 
     /// The target cluster alias.
@@ -38,9 +141,12 @@ impl TargetProducer {
         &self.alias
     }
 
-    /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer<ClusterContext> {
-        &self.producer
+    /// Hands a record to the producer; its acknowledgement will arrive in the record's sink. A refusal returns the
+    /// record (for example when the producer's queue is full).
+    // The record comes back by value so a full queue can be retried without copying it (rdkafka's own shape).
+    #[allow(clippy::result_large_err)]
+    pub fn send<'a>(&self, record: TargetRecord<'a>) -> Result<(), (KafkaError, TargetRecord<'a>)> {
+        self.producer.send(record)
     }
 
     /// The high watermark of a target partition (one request to the partition leader).

@@ -6,17 +6,13 @@
 //! nothing is lost silently; the supervisor restarts the task from its checkpoint.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::future_producer::{DeliveryFuture, OwnedDeliveryResult};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::BaseRecord;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -26,8 +22,8 @@ use crate::discovery::TaskSpec;
 use crate::metrics::TaskMetrics;
 use crate::naming::PROVENANCE_HEADER;
 use crate::progress::{Position, TaskProgress};
-use crate::source::{SourceConsumer, SourceError};
-use crate::target::TargetProducer;
+use crate::source::{PartitionQueue, SourceConsumer, SourceError};
+use crate::target::{Ack, AckSink, TargetProducer, TargetRecord};
 use crate::throttle::Throttle;
 
 /// Records a task may have sent but not yet seen acknowledged.
@@ -35,6 +31,9 @@ pub const MAX_IN_FLIGHT: usize = 10_000;
 
 /// How long to wait before retrying a send the full producer queue refused, when nothing of this task is in flight.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// How many records a task forwards from its queue in one go before it looks at acknowledgements again.
+const BURST: usize = 1024;
 
 /// How often to refresh metadata and retry a send to a partition the producer does not know yet.
 const UNKNOWN_PARTITION_RETRIES: u32 = 60;
@@ -94,11 +93,18 @@ pub enum TaskError {
         /// Kafka's error (boxed to keep the hot path's `Result` small).
         error: Box<KafkaError>,
     },
-    /// The producer went away while records were in flight (only during process shutdown).
-    #[error("producer of target cluster {cluster} shut down with records in flight")]
-    ProducerGone {
+    /// Acknowledgements broke the per-partition order the position relies on; the position stays where the order
+    /// last held and the task restarts from its checkpoint.
+    #[error("acknowledgements from target cluster {cluster} out of order (target topic {target_topic}, partition {partition}): {detail}")]
+    Unordered {
         /// Target cluster alias.
         cluster: String,
+        /// Target topic.
+        target_topic: String,
+        /// Partition.
+        partition: i32,
+        /// What was seen.
+        detail: String,
     },
 }
 
@@ -107,49 +113,35 @@ impl TaskError {
     pub fn is_retriable(&self) -> bool {
         match self {
             TaskError::Rejected { error, .. } => crate::kafka::is_retriable(error),
-            TaskError::Attach(_) | TaskError::ProducerGone { .. } => true,
+            TaskError::Attach(_) | TaskError::Unordered { .. } => true,
         }
     }
 }
 
-/// A record sent (or deliberately skipped) and not yet accounted for.
-struct InFlight {
+/// A record handed to the producer (or deliberately skipped) and not yet accounted for.
+struct Pending {
     offset: i64,
     timestamp_ms: Option<i64>,
     bytes: usize,
-    /// `None` for a record that is skipped, not produced.
-    delivery: Option<DeliveryFuture>,
-}
-
-/// What became of the oldest in-flight record.
-enum Outcome {
-    Skipped,
-    Delivered(OwnedDeliveryResult),
-    ProducerGone,
-}
-
-/// Resolves when the oldest in-flight record is accounted for. Only the oldest is polled: the producer
-/// acknowledges a partition's records in order, so it is always the next to complete.
-fn next_outcome(in_flight: &mut VecDeque<InFlight>) -> impl Future<Output = (InFlight, Outcome)> + '_ {
-    std::future::poll_fn(move |cx: &mut Context<'_>| {
-        let Some(front) = in_flight.front_mut() else { return Poll::Pending };
-        let outcome = match front.delivery.as_mut() {
-            None => Outcome::Skipped,
-            Some(delivery) => match Pin::new(delivery).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(result)) => Outcome::Delivered(result),
-                Poll::Ready(Err(_canceled)) => Outcome::ProducerGone,
-            },
-        };
-        let front = in_flight.pop_front().expect("front exists");
-        Poll::Ready((front, outcome))
-    })
+    /// `false` for a record that is skipped, not produced: no acknowledgement will come for it.
+    produced: bool,
 }
 
 struct Replication<'a> {
     ctx: &'a TaskContext,
     position: Position,
-    in_flight: VecDeque<InFlight>,
+    /// Records not yet accounted for, in source order; the produced ones are acknowledged in this order.
+    pending: VecDeque<Pending>,
+    /// Produced records among `pending`.
+    unacknowledged: usize,
+    /// Where the producer leaves this task's acknowledgements.
+    sink: Arc<AckSink>,
+    /// Acknowledgements taken from the sink and not yet accounted for (the buffer is reused).
+    acks: Vec<Ack>,
+    /// The target offset of the last acknowledgement in this run, to check the order the position relies on.
+    last_target_offset: Option<i64>,
+    /// Set once the target refused a record: no later acknowledgement may move the position past it.
+    refused: bool,
     last_acked_timestamp_ms: Option<i64>,
     /// Set until the first acknowledgement of a cautious start.
     cautious: bool,
@@ -163,56 +155,85 @@ struct Replication<'a> {
 }
 
 impl Replication<'_> {
-    fn max_in_flight(&self) -> usize {
-        if self.cautious {
-            1
-        } else {
-            MAX_IN_FLIGHT
+    fn has_room(&self) -> bool {
+        let max_in_flight = if self.cautious { 1 } else { MAX_IN_FLIGHT };
+        self.pending.len() < max_in_flight
+    }
+
+    fn rejected(&self, offset: i64, error: KafkaError) -> TaskError {
+        TaskError::Rejected {
+            cluster: self.ctx.target.alias().to_owned(),
+            target_topic: self.ctx.spec.target_topic.clone(),
+            partition: self.ctx.spec.id.partition,
+            offset,
+            error: Box::new(error),
         }
     }
 
-    fn account(&mut self, record: InFlight, outcome: Outcome) -> Result<(), TaskError> {
-        match outcome {
-            Outcome::Skipped => {
-                self.position.skipped(record.offset);
-                self.ctx.metrics.skipped_loop.inc();
-            }
-            Outcome::Delivered(Ok(delivery)) => {
-                self.cautious = false;
-                self.position.acknowledged(record.offset, delivery.offset);
-                self.unpublished_records += 1;
-                self.unpublished_bytes += record.bytes as u64;
-                if let Some(timestamp_ms) = record.timestamp_ms {
-                    self.latency.observe((now_ms() - timestamp_ms).max(0) as f64 / 1000.0);
-                    self.last_acked_timestamp_ms = Some(timestamp_ms);
+    /// Accounts for the acknowledgements taken from the sink and for the skipped records behind them, then
+    /// publishes the position once.
+    fn settle(&mut self) -> Result<(), TaskError> {
+        let mut acks = std::mem::take(&mut self.acks);
+        let result = self.settle_acks(acks.drain(..));
+        self.acks = acks;
+        self.publish();
+        result
+    }
+
+    fn settle_acks(&mut self, acks: impl Iterator<Item = Ack>) -> Result<(), TaskError> {
+        let now = now_ms();
+        for ack in acks {
+            self.settle_skipped();
+            let record = match self.pending.pop_front() {
+                Some(record) if record.produced => record,
+                _ => return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned())),
+            };
+            self.unacknowledged -= 1;
+            let target_offset = match ack {
+                Ok(target_offset) => target_offset,
+                Err(error) => {
+                    self.refused = true;
+                    return Err(self.rejected(record.offset, error));
                 }
+            };
+            if let Some(last) = self.last_target_offset.filter(|last| *last >= target_offset) {
+                return Err(self.unordered(format!(
+                    "source offset {} was written at target offset {target_offset}, after {last}",
+                    record.offset
+                )));
             }
-            Outcome::Delivered(Err((error, _))) => {
-                return Err(TaskError::Rejected {
-                    cluster: self.ctx.target.alias().to_owned(),
-                    target_topic: self.ctx.spec.target_topic.clone(),
-                    partition: self.ctx.spec.id.partition,
-                    offset: record.offset,
-                    error: Box::new(error),
-                })
-            }
-            Outcome::ProducerGone => {
-                return Err(TaskError::ProducerGone { cluster: self.ctx.target.alias().to_owned() });
+            self.last_target_offset = Some(target_offset);
+            self.cautious = false;
+            self.position.acknowledged(record.offset, target_offset);
+            self.unpublished_records += 1;
+            self.unpublished_bytes += record.bytes as u64;
+            if let Some(timestamp_ms) = record.timestamp_ms {
+                self.latency.observe((now - timestamp_ms).max(0) as f64 / 1000.0);
+                self.last_acked_timestamp_ms = Some(timestamp_ms);
             }
         }
+        self.settle_skipped();
         Ok(())
     }
 
-    /// Accounts for every in-flight record that is already done, then publishes the position once.
-    fn account_ready(&mut self, record: InFlight, outcome: Outcome) -> Result<(), TaskError> {
-        let result = self.account(record, outcome).and_then(|()| {
-            while let Some((record, outcome)) = next_outcome(&mut self.in_flight).now_or_never() {
-                self.account(record, outcome)?;
-            }
-            Ok(())
-        });
-        self.publish();
-        result
+    /// Skipped records at the front are done: nothing before them waits for an acknowledgement.
+    fn settle_skipped(&mut self) {
+        while let Some(record) = self.pending.front().filter(|record| !record.produced) {
+            self.position.skipped(record.offset);
+            self.ctx.metrics.skipped_loop.inc();
+            self.pending.pop_front();
+        }
+    }
+
+    fn unordered(&mut self, detail: String) -> TaskError {
+        // Stop accounting: the position stays where the order was last known to hold.
+        self.refused = true;
+        TaskError::Unordered {
+            cluster: self.ctx.target.alias().to_owned(),
+            target_topic: self.ctx.spec.target_topic.clone(),
+            partition: self.ctx.spec.id.partition,
+            detail,
+        }
     }
 
     fn publish(&mut self) {
@@ -222,15 +243,16 @@ impl Replication<'_> {
             (self.unpublished_records, self.unpublished_bytes) = (0, 0);
         }
         self.latency.flush();
-        if self.in_flight.is_empty() {
+        if self.pending.is_empty() {
             self.ctx.progress.mark_idle(now_ms());
         }
-        let oldest_unacked = self.in_flight.front().and_then(|record| record.timestamp_ms);
+        let oldest_unacked = self.pending.front().and_then(|record| record.timestamp_ms);
         self.ctx.progress.publish(&self.position, oldest_unacked, self.last_acked_timestamp_ms);
     }
 
-    /// Produces one source record. Returns `false` when `stop` fired before the record was handed over.
-    async fn send(&mut self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> Result<bool, TaskError> {
+    /// Produces one source record (or skips it). Returns `false` when `stop` fired before the record was handed
+    /// over.
+    async fn forward(&mut self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> Result<bool, TaskError> {
         let offset = message.offset();
         let timestamp_ms = message.timestamp().to_millis();
         let mut bytes = message.key_len() + message.payload_len();
@@ -247,7 +269,7 @@ impl Replication<'_> {
         }
         if let Some(provenance) = &self.ctx.provenance {
             if origin == Some(provenance.target_alias.as_bytes()) {
-                self.in_flight.push_back(InFlight { offset, timestamp_ms, bytes, delivery: None });
+                self.pending.push_back(Pending { offset, timestamp_ms, bytes, produced: false });
                 return Ok(true);
             }
             if origin.is_none() {
@@ -268,7 +290,8 @@ impl Replication<'_> {
             }
         }
 
-        let mut record = FutureRecord::to(&self.ctx.spec.target_topic).partition(self.ctx.spec.id.partition);
+        let mut record: TargetRecord<'_> = BaseRecord::with_opaque_to(&self.ctx.spec.target_topic, self.sink.clone())
+            .partition(self.ctx.spec.id.partition);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
@@ -283,27 +306,27 @@ impl Replication<'_> {
         }
         let mut unknown_partition_retries = 0;
         loop {
-            match self.ctx.target.producer().send_result(record) {
-                Ok(delivery) => {
-                    self.in_flight.push_back(InFlight { offset, timestamp_ms, bytes, delivery: Some(delivery) });
+            match self.ctx.target.send(record) {
+                Ok(()) => {
+                    self.pending.push_back(Pending { offset, timestamp_ms, bytes, produced: true });
+                    self.unacknowledged += 1;
                     return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     // The shared producer is full: wait for room, accounting for our own acknowledgements meanwhile.
-                    if self.in_flight.is_empty() {
+                    if self.unacknowledged == 0 {
                         tokio::select! {
                             biased;
                             _ = stop.cancelled() => return Ok(false),
                             _ = tokio::time::sleep(QUEUE_FULL_BACKOFF) => {}
                         }
                     } else {
-                        let (done, outcome) = tokio::select! {
+                        tokio::select! {
                             biased;
                             _ = stop.cancelled() => return Ok(false),
-                            next = next_outcome(&mut self.in_flight) => next,
-                        };
-                        self.account_ready(done, outcome)?;
+                            () = self.sink.take(&mut self.acks) => self.settle()?,
+                        }
                     }
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), returned))
@@ -321,41 +344,48 @@ impl Replication<'_> {
                         _ = tokio::time::sleep(UNKNOWN_PARTITION_BACKOFF) => {}
                     }
                 }
-                Err((error, _)) => {
-                    return Err(TaskError::Rejected {
-                        cluster: self.ctx.target.alias().to_owned(),
-                        target_topic: self.ctx.spec.target_topic.clone(),
-                        partition: self.ctx.spec.id.partition,
-                        offset,
-                        error: Box::new(error),
-                    })
-                }
+                Err((error, _)) => return Err(self.rejected(offset, error)),
             }
         }
     }
 
-    async fn replicate(
-        &mut self,
-        queue: &crate::source::PartitionQueue,
-        stop: &CancellationToken,
-    ) -> Result<(), TaskError> {
+    async fn replicate(&mut self, queue: &PartitionQueue, stop: &CancellationToken) -> Result<(), TaskError> {
+        let mut records = queue.stream();
         loop {
+            let has_room = self.has_room();
             tokio::select! {
                 // Acknowledgements first: they free in-flight room and move the position.
                 biased;
-                (done, outcome) = next_outcome(&mut self.in_flight), if !self.in_flight.is_empty() => {
-                    self.account_ready(done, outcome)?;
-                }
+                () = self.sink.take(&mut self.acks), if self.unacknowledged > 0 => self.settle()?,
                 _ = stop.cancelled() => return Ok(()),
-                received = queue.recv(), if self.in_flight.len() < self.max_in_flight() => match received {
-                    Ok(message) => {
-                        self.ctx.progress.mark_busy();
-                        if !self.send(&message, stop).await? {
-                            return Ok(());
+                received = records.next(), if has_room => {
+                    self.ctx.progress.mark_busy();
+                    let mut received = received.expect("librdkafka message streams never end");
+                    // Forward what the queue already holds without going back to the scheduler for each record.
+                    // A record is taken from the queue only once it will be forwarded in this burst.
+                    let mut forwarded = 0;
+                    loop {
+                        match received {
+                            Ok(message) => {
+                                if !self.forward(&message, stop).await? {
+                                    return Ok(());
+                                }
+                            }
+                            Err(error) => {
+                                warn!(task = %self.ctx.spec.id, %error, "source partition error; librdkafka retries");
+                            }
                         }
+                        forwarded += 1;
+                        if forwarded == BURST || !self.has_room() {
+                            break;
+                        }
+                        received = match records.next().now_or_never() {
+                            Some(next) => next.expect("librdkafka message streams never end"),
+                            None => break,
+                        };
                     }
-                    Err(error) => {
-                        warn!(task = %self.ctx.spec.id, %error, "source partition error; librdkafka retries");
+                    if self.pending.front().is_some_and(|record| !record.produced) {
+                        self.settle()?;
                     }
                 },
             }
@@ -364,17 +394,20 @@ impl Replication<'_> {
 
     /// Waits (up to the drain timeout) for what is in flight, so the last checkpoint covers it.
     async fn drain(&mut self) -> Result<(), TaskError> {
-        let deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;
-        while !self.in_flight.is_empty() {
-            match tokio::time::timeout_at(deadline, next_outcome(&mut self.in_flight)).await {
-                Ok((done, outcome)) => self.account_ready(done, outcome)?,
-                Err(_) => {
-                    warn!(
-                        task = %self.ctx.spec.id,
-                        unacknowledged = self.in_flight.len(),
-                        "stopping with records not yet acknowledged; they are replicated again from the checkpoint"
-                    );
-                    break;
+        if !self.refused {
+            self.settle()?;
+            let deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;
+            while self.unacknowledged > 0 {
+                match tokio::time::timeout_at(deadline, self.sink.take(&mut self.acks)).await {
+                    Ok(()) => self.settle()?,
+                    Err(_) => {
+                        warn!(
+                            task = %self.ctx.spec.id,
+                            unacknowledged = self.unacknowledged,
+                            "stopping with records not yet acknowledged; they are replicated again from the checkpoint"
+                        );
+                        break;
+                    }
                 }
             }
         }
@@ -416,7 +449,12 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
     let mut replication = Replication {
         ctx: &ctx,
         position,
-        in_flight: VecDeque::new(),
+        pending: VecDeque::new(),
+        unacknowledged: 0,
+        sink: AckSink::new(),
+        acks: Vec::new(),
+        last_target_offset: None,
+        refused: false,
         last_acked_timestamp_ms: None,
         cautious: ctx.cautious_start,
         unpublished_records: 0,
@@ -426,8 +464,8 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
     let result = match replication.replicate(&queue, &stop).await {
         Ok(()) => replication.drain().await,
         Err(error) => {
-            // Records sent before the refused one may still be acknowledged: account for them so the position
-            // reaches the refused record (a local refusal happens while earlier records are in flight).
+            // Records sent before a record the producer refused locally may still be acknowledged: account for them
+            // so the position reaches the refused record. After a refusal by the target nothing more is accounted.
             let _ = replication.drain().await;
             Err(error)
         }
@@ -442,7 +480,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::FutureProducer;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::ClientConfig;
 
     use super::*;
@@ -454,6 +492,9 @@ mod tests {
         ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new() }
     }
 
+    /// Several bursts' worth, so records at burst boundaries are covered.
+    const RECORDS: i64 = 4 * BURST as i64 + 100;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_task_loop_replicates_in_order_and_stops_with_everything_acknowledged() {
         let mock = MockCluster::new(1).unwrap();
@@ -461,12 +502,15 @@ mod tests {
         mock.create_topic("remote.orders", 1, 1).unwrap();
         let bootstrap = mock.bootstrap_servers();
         let feeder: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-        for seq in 0..200 {
-            let key = format!("k{seq}");
-            let value = format!("v{seq}");
-            let record = FutureRecord::to("orders").partition(0).key(&key).payload(&value);
-            feeder.send(record, Duration::from_secs(5)).await.unwrap();
-        }
+        let sends = (0..RECORDS).map(|seq| {
+            let (key, value) = (format!("k{seq}"), format!("v{seq}"));
+            let feeder = &feeder;
+            async move {
+                let record = FutureRecord::to("orders").partition(0).key(&key).payload(&value);
+                feeder.send(record, Duration::from_secs(5)).await.unwrap();
+            }
+        });
+        futures::future::join_all(sends).await;
 
         let metrics = Metrics::new(false);
         let id = TaskId::new("flow", "orders", 0);
@@ -485,7 +529,7 @@ mod tests {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(ctx, stop.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while progress.position().next_source_offset < 200 {
+        while progress.position().next_source_offset < RECORDS {
             assert!(tokio::time::Instant::now() < deadline, "stalled at {:?}", progress.position());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -493,9 +537,9 @@ mod tests {
         task.await.unwrap().unwrap();
 
         let position = progress.position();
-        assert_eq!(position.next_source_offset, 200);
-        assert_eq!(position.next_target_offset, Some(200));
+        assert_eq!(position.next_source_offset, RECORDS);
+        assert_eq!(position.next_target_offset, Some(RECORDS));
         assert_eq!(position.sync_points, vec![SyncPoint::new(0, 0)]);
-        assert_eq!(metrics.task("flow", "orders", 0).records.get(), 200);
+        assert_eq!(metrics.task("flow", "orders", 0).records.get(), RECORDS as u64);
     }
 }
