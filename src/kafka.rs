@@ -61,11 +61,14 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
                 // A checkpoint below the log start (retention) resumes at the earliest record still there.
                 .set("auto.offset.reset", "earliest")
                 // librdkafka prefetches per partition (each task has its own partition queue); its defaults
-                // (64 MiB each) do not fit thousands of tasks. One fetch brings at most 1 MiB per partition
-                // (max.partition.fetch.bytes) and a broker connection has one fetch in flight, so 2 MiB queued keeps
-                // a partition fed; more only costs memory (docs/benchmarks.md).
-                .set("queued.max.messages.kbytes", "2048")
-                .set("queued.min.messages", "20000")
+                // (64 MiB and 100,000 records each) do not fit thousands of tasks. A partition is fetched again
+                // while its queue holds less than 1 MiB and fewer than 5,000 records, and one fetch brings at
+                // most 1 MiB of it (max.partition.fetch.bytes), so a task always has its next fetch ready behind
+                // the records it is forwarding; more only costs memory (every queued record also costs
+                // librdkafka a few hundred bytes of bookkeeping, which dominates for small records). Measured
+                // in docs/benchmarks.md.
+                .set("queued.max.messages.kbytes", "1024")
+                .set("queued.min.messages", "5000")
                 // A partition whose queue is over those limits is not fetched again for this long (librdkafka's
                 // default, 1 s, leaves a busy partition idle once its task has drained the queue).
                 .set("fetch.queue.backoff.ms", "10")

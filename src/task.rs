@@ -26,8 +26,12 @@ use crate::source::{PartitionQueue, SourceConsumer, SourceError};
 use crate::target::{Ack, AckSink, TargetProducer, TargetRecord};
 use crate::throttle::Throttle;
 
-/// Records a task may have sent but not yet seen acknowledged.
-pub const MAX_IN_FLIGHT: usize = 10_000;
+/// Records a task may have sent but not yet seen acknowledged. With acknowledgements arriving every few
+/// milliseconds this keeps a partition at full speed; more only costs memory (docs/benchmarks.md).
+pub const MAX_IN_FLIGHT_RECORDS: usize = 5_000;
+/// Bytes (keys, values and headers) a task may have sent but not yet seen acknowledged; a single larger record is
+/// still sent, alone.
+pub const MAX_IN_FLIGHT_BYTES: usize = 2 << 20;
 
 /// How long to wait before retrying a send the full producer queue refused, when nothing of this task is in flight.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -134,6 +138,8 @@ struct Replication<'a> {
     pending: VecDeque<Pending>,
     /// Produced records among `pending`.
     unacknowledged: usize,
+    /// Bytes of the records in `pending`.
+    pending_bytes: usize,
     /// Where the producer leaves this task's acknowledgements.
     sink: Arc<AckSink>,
     /// Acknowledgements taken from the sink and not yet accounted for (the buffer is reused).
@@ -156,8 +162,10 @@ struct Replication<'a> {
 
 impl Replication<'_> {
     fn has_room(&self) -> bool {
-        let max_in_flight = if self.cautious { 1 } else { MAX_IN_FLIGHT };
-        self.pending.len() < max_in_flight
+        if self.cautious {
+            return self.pending.is_empty();
+        }
+        self.pending.len() < MAX_IN_FLIGHT_RECORDS && self.pending_bytes < MAX_IN_FLIGHT_BYTES
     }
 
     fn rejected(&self, offset: i64, error: KafkaError) -> TaskError {
@@ -189,6 +197,7 @@ impl Replication<'_> {
                 _ => return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned())),
             };
             self.unacknowledged -= 1;
+            self.pending_bytes -= record.bytes;
             let target_offset = match ack {
                 Ok(target_offset) => target_offset,
                 Err(error) => {
@@ -220,6 +229,7 @@ impl Replication<'_> {
     fn settle_skipped(&mut self) {
         while let Some(record) = self.pending.front().filter(|record| !record.produced) {
             self.position.skipped(record.offset);
+            self.pending_bytes -= record.bytes;
             self.ctx.metrics.skipped_loop.inc();
             self.pending.pop_front();
         }
@@ -270,6 +280,7 @@ impl Replication<'_> {
         if let Some(provenance) = &self.ctx.provenance {
             if origin == Some(provenance.target_alias.as_bytes()) {
                 self.pending.push_back(Pending { offset, timestamp_ms, bytes, produced: false });
+                self.pending_bytes += bytes;
                 return Ok(true);
             }
             if origin.is_none() {
@@ -310,6 +321,7 @@ impl Replication<'_> {
                 Ok(()) => {
                     self.pending.push_back(Pending { offset, timestamp_ms, bytes, produced: true });
                     self.unacknowledged += 1;
+                    self.pending_bytes += bytes;
                     return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -451,6 +463,7 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         position,
         pending: VecDeque::new(),
         unacknowledged: 0,
+        pending_bytes: 0,
         sink: AckSink::new(),
         acks: Vec::new(),
         last_target_offset: None,
