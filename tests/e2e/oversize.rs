@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,4 +55,66 @@ async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
     assert_eq!(replicated[..10], records[..10]);
     assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
     assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]), Some(duplicates as f64));
+}
+
+/// A record the target broker refuses (its topic allows no records older than an hour; the source does) while
+/// the records after it, each in a batch of its own, are written and acknowledged: the position and the
+/// checkpoint stay before the refused record, and once the limit is lifted it and everything after it arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_after_a_record_the_target_broker_refused_do_not_move_the_position() {
+    let env = env();
+    let topic = unique("refused");
+    let flow = unique("ref");
+    let state = tempfile::tempdir().unwrap();
+    let target_topic = format!("src.{topic}");
+    create_topic(&env.source, &topic, 1, &[]).await;
+    // A target-only config, which topic sync leaves alone (it copies only configs that describe the data).
+    create_topic(&env.target, &target_topic, 1, &[("message.timestamp.before.max.ms", "3600000")]).await;
+    let mut records: Vec<Record> = (0..21).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    let two_days_ago = match records[10].timestamp {
+        rdkafka::Timestamp::CreateTime(millis) => millis - 2 * 24 * 3600 * 1000,
+        other => panic!("numbered records carry a create time, not {other:?}"),
+    };
+    records[10].timestamp = rdkafka::Timestamp::CreateTime(two_days_ago);
+    produce(&producer(&env.source), &topic, 0, &records).await;
+
+    // One record per batch, so the target refuses record 10 alone and accepts the records behind it.
+    let one_per_batch = config(&env, state.path(), &flow, &topic, "")
+        .replace("  dst:\n", "  dst:\n    client: { batch.num.messages: \"1\" }\n");
+    let ferry = Ferry::start(state.path(), &one_per_batch);
+    wait_for("the task paused at the refused record", Duration::from_secs(60), || {
+        let paused = ferry.metric("ferry_tasks", &[("flow", &flow), ("state", "paused")])?;
+        (paused == 1.0).then_some(())
+    })
+    .await;
+    assert!(ferry.logs().contains("refused source offset 10"), "the log names the refused offset:\n{}", ferry.logs());
+    wait_for("a retry from the checkpoint", Duration::from_secs(30), || {
+        (ferry.metric("ferry_task_failures_total", &[("flow", &flow)])? >= 2.0).then_some(())
+    })
+    .await;
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+    let written_after_refusal = end_offset(&env.target, &target_topic, 0) - 10;
+    assert!(written_after_refusal > 0, "records behind the refused one were written and acknowledged:\n{logs}");
+    assert_eq!(
+        stored_positions(state.path(), &flow).get(&(topic.clone(), 0)),
+        Some(&10),
+        "the checkpoint stays before the refused record although {written_after_refusal} later ones were acknowledged"
+    );
+
+    let lifted = AlterConfig::new(ResourceSpecifier::Topic(&target_topic))
+        .set("message.timestamp.before.max.ms", "9223372036854775807");
+    for result in admin(&env.target).alter_configs([&lifted], &AdminOptions::new()).await.expect("alter configs") {
+        result.expect("limit lifted");
+    }
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    wait_for("every record after the limit was lifted", Duration::from_secs(60), || {
+        (end_offset(&env.target, &target_topic, 0) == 21 + written_after_refusal).then_some(())
+    })
+    .await;
+    let replicated: Vec<Record> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replicated[..10], records[..10]);
+    assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
 }
