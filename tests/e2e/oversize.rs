@@ -24,18 +24,7 @@ async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
         .replace("  dst:\n", "  dst:\n    client: { message.max.bytes: \"100000\" }\n");
     let ferry = Ferry::start(state.path(), &limited);
     let target_topic = format!("src.{topic}");
-    wait_for("the task paused at the refused record", Duration::from_secs(60), || {
-        let paused = ferry.metric("ferry_tasks", &[("flow", &flow), ("state", "paused")])?;
-        (paused == 1.0).then_some(())
-    })
-    .await;
-    assert!(ferry.logs().contains("refused source offset 10"), "the log names the refused offset:\n{}", ferry.logs());
-    wait_for("a retry from the checkpoint", Duration::from_secs(30), || {
-        (ferry.metric("ferry_task_failures_total", &[("flow", &flow)])? >= 2.0).then_some(())
-    })
-    .await;
-    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
-    assert!(status.success(), "{logs}");
+    stop_after_refusal_of_offset_10(ferry, &flow).await;
     assert_eq!(
         stored_positions(state.path(), &flow).get(&(topic.clone(), 0)),
         Some(&10),
@@ -82,18 +71,7 @@ async fn acknowledgements_after_a_record_the_target_broker_refused_do_not_move_t
     let one_per_batch = config(&env, state.path(), &flow, &topic, "")
         .replace("  dst:\n", "  dst:\n    client: { batch.num.messages: \"1\" }\n");
     let ferry = Ferry::start(state.path(), &one_per_batch);
-    wait_for("the task paused at the refused record", Duration::from_secs(60), || {
-        let paused = ferry.metric("ferry_tasks", &[("flow", &flow), ("state", "paused")])?;
-        (paused == 1.0).then_some(())
-    })
-    .await;
-    assert!(ferry.logs().contains("refused source offset 10"), "the log names the refused offset:\n{}", ferry.logs());
-    wait_for("a retry from the checkpoint", Duration::from_secs(30), || {
-        (ferry.metric("ferry_task_failures_total", &[("flow", &flow)])? >= 2.0).then_some(())
-    })
-    .await;
-    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
-    assert!(status.success(), "{logs}");
+    let logs = stop_after_refusal_of_offset_10(ferry, &flow).await;
     let written_after_refusal = end_offset(&env.target, &target_topic, 0) - 10;
     assert!(written_after_refusal > 0, "records behind the refused one were written and acknowledged:\n{logs}");
     assert_eq!(
@@ -117,4 +95,22 @@ async fn acknowledgements_after_a_record_the_target_broker_refused_do_not_move_t
     assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
     let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
     assert!(status.success(), "{logs}");
+}
+
+/// Waits until the flow's task paused at source offset 10 and was retried (cautiously) from its checkpoint, then
+/// stops ferry; its logs.
+async fn stop_after_refusal_of_offset_10(ferry: Ferry, flow: &str) -> String {
+    wait_for("the task paused at the refused record", Duration::from_secs(60), || {
+        let paused = ferry.metric("ferry_tasks", &[("flow", flow), ("state", "paused")])?;
+        (paused == 1.0).then_some(())
+    })
+    .await;
+    assert!(ferry.logs().contains("refused source offset 10"), "the log names the refused offset:\n{}", ferry.logs());
+    wait_for("a retry from the checkpoint", Duration::from_secs(30), || {
+        (ferry.metric("ferry_task_failures_total", &[("flow", flow)])? >= 2.0).then_some(())
+    })
+    .await;
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+    logs
 }
