@@ -138,7 +138,8 @@ impl ClientContext for ClusterContext {
     }
 }
 
-/// Group clients (offset reads and commits for failover) use the same context; they never join a group.
+/// Source consumers (manual assignment) and group clients (offset reads and commits for failover) use the same
+/// context; none of them joins a group.
 impl rdkafka::consumer::ConsumerContext for ClusterContext {}
 
 /// Whether a delivery failure can succeed if the same record is sent again later (after a restart from the

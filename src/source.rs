@@ -9,9 +9,9 @@ use std::ffi::CString;
 use std::sync::Arc;
 
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -19,30 +19,13 @@ use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role};
 use crate::metrics::Metrics;
 
-/// Consumer context of a flow's source consumer: logs and errors under the cluster alias.
-pub struct SourceContext {
-    cluster: ClusterContext,
-}
-
-impl ClientContext for SourceContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        self.cluster.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.cluster.error(error, reason);
-    }
-}
-
-impl ConsumerContext for SourceContext {}
-
 /// A task's own queue of source records.
-pub type PartitionQueue = StreamPartitionQueue<SourceContext>;
+pub type PartitionQueue = StreamPartitionQueue<ClusterContext>;
 
 /// The shared consumer of one flow.
 pub struct SourceConsumer {
     alias: String,
-    consumer: Arc<StreamConsumer<SourceContext>>,
+    consumer: Arc<StreamConsumer<ClusterContext>>,
     driver: JoinHandle<()>,
 }
 
@@ -78,8 +61,8 @@ impl SourceConsumer {
     pub fn new(flow: &str, alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, SourceError> {
         let mut config = client_config(alias, cluster, Role::Consumer)?;
         config.set("client.id", format!("ferry-{flow}-{alias}"));
-        let context = SourceContext { cluster: ClusterContext::new(alias, metrics) };
-        let consumer: StreamConsumer<SourceContext> = config
+        let context = ClusterContext::new(alias, metrics);
+        let consumer: StreamConsumer<ClusterContext> = config
             .create_with_context(context)
             .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
         let consumer = Arc::new(consumer);
@@ -146,7 +129,7 @@ impl Drop for SourceConsumer {
 
 /// Serves the consumer's main queue: statistics, errors and rebalance events arrive there, and librdkafka only
 /// delivers them while someone polls it.
-async fn serve_main_queue(consumer: Arc<StreamConsumer<SourceContext>>, alias: String) {
+async fn serve_main_queue(consumer: Arc<StreamConsumer<ClusterContext>>, alias: String) {
     loop {
         match consumer.recv().await {
             // Only possible for a record fetched just before its partition was unassigned: it will be fetched

@@ -56,7 +56,7 @@ impl AckSink {
     }
 
     /// Moves every acknowledgement that arrived into `into`; whether there was any.
-    pub fn try_take(&self, into: &mut Vec<Ack>) -> bool {
+    fn try_take(&self, into: &mut Vec<Ack>) -> bool {
         let mut arrived = self.arrived.lock().expect("ack sink lock poisoned");
         if arrived.is_empty() {
             return false;
@@ -77,7 +77,9 @@ impl AckSink {
         while received < count {
             self.take(&mut acks).await;
             received += acks.len();
-            acks.drain(..).collect::<Result<Vec<_>, _>>()?;
+            for ack in acks.drain(..) {
+                ack?;
+            }
         }
         Ok(())
     }
