@@ -42,15 +42,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Copy SOURCE_TOPIC=TARGET_TOPIC pairs from the first partition to the last, until killed.
+    /// Copy SOURCE_TOPIC=TARGET_TOPIC pairs from the first partition to the last, until killed; target topics must
+    /// exist with as many partitions.
     Pipe {
-        #[arg(long)]
-        source: String,
-        #[arg(long)]
-        target: String,
-        /// SOURCE_TOPIC=TARGET_TOPIC (repeatable); target topics must exist with as many partitions.
-        #[arg(long = "map", required = true)]
-        maps: Vec<String>,
+        #[command(flatten)]
+        route: Route,
         /// Extra librdkafka property for the consumer (KEY=VALUE, repeatable).
         #[arg(long = "consumer-set")]
         consumer_set: Vec<String>,
@@ -91,15 +87,10 @@ enum Command {
         warmup: bool,
     },
     /// Poll end offsets every `interval-ms`; one JSON line per poll; exit once every target partition reached
-    /// its source partition's end (with --until-caught-up) or after `timeout` seconds (exit 1).
+    /// its source partition's end, or after `timeout` seconds (exit 1).
     Watch {
-        #[arg(long)]
-        source: String,
-        #[arg(long)]
-        target: String,
-        /// SOURCE_TOPIC=TARGET_TOPIC (repeatable).
-        #[arg(long = "map", required = true)]
-        maps: Vec<String>,
+        #[command(flatten)]
+        route: Route,
         #[arg(long)]
         partitions: i32,
         #[arg(long, default_value_t = 100)]
@@ -132,6 +123,33 @@ enum Command {
     },
 }
 
+/// Which cluster and topics are read, and where each is replicated to.
+#[derive(clap::Args)]
+struct Route {
+    /// Source bootstrap servers.
+    #[arg(long)]
+    source: String,
+    /// Target bootstrap servers.
+    #[arg(long)]
+    target: String,
+    /// SOURCE_TOPIC=TARGET_TOPIC (repeatable).
+    #[arg(long = "map", required = true)]
+    maps: Vec<String>,
+}
+
+impl Route {
+    fn pairs(&self) -> Vec<(String, String)> {
+        self.maps
+            .iter()
+            .map(|map| {
+                let (source, target) =
+                    map.split_once('=').unwrap_or_else(|| panic!("--map wants SOURCE=TARGET: {map}"));
+                (source.to_owned(), target.to_owned())
+            })
+            .collect()
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` and `cargo bench` without arguments run this binary too: nothing to do then.
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
@@ -140,8 +158,8 @@ fn main() {
     }
     let cli = Cli::parse_from(std::iter::once("pipe".to_owned()).chain(args));
     let result = match cli.command {
-        Command::Pipe { source, target, maps, consumer_set, producer_set } => {
-            pipe(&source, &target, &pairs(&maps), &consumer_set, &producer_set)
+        Command::Pipe { route, consumer_set, producer_set } => {
+            pipe(&route.source, &route.target, &route.pairs(), &consumer_set, &producer_set)
         }
         Command::Produce {
             bootstrap,
@@ -159,8 +177,9 @@ fn main() {
             let load = Load { records, seconds, size, rate, linger_ms, idempotence: !no_idempotence, warmup };
             produce(&bootstrap, &split(&topics), partitions, &load)
         }
-        Command::Watch { source, target, maps, partitions, interval_ms, timeout } => {
-            watch(&source, &target, &pairs(&maps), partitions, Duration::from_millis(interval_ms), timeout)
+        Command::Watch { route, partitions, interval_ms, timeout } => {
+            let interval = Duration::from_millis(interval_ms);
+            watch(&route.source, &route.target, &route.pairs(), partitions, interval, timeout)
         }
         Command::Latency { bootstrap, topic, partitions, expect, timeout } => {
             latency(&bootstrap, &topic, partitions, expect, timeout)
@@ -179,15 +198,6 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn split(list: &str) -> Vec<String> {
     list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
-fn pairs(maps: &[String]) -> Vec<(String, String)> {
-    maps.iter()
-        .map(|map| {
-            let (source, target) = map.split_once('=').unwrap_or_else(|| panic!("--map wants SOURCE=TARGET: {map}"));
-            (source.to_owned(), target.to_owned())
-        })
-        .collect()
 }
 
 fn now_ms() -> i64 {

@@ -128,16 +128,7 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
     let refs: Vec<&Ferry> = members.iter().collect();
     wait_balanced("6 tasks over 3 members", &refs, 6, Duration::from_secs(60)).await;
     // Each member enforces a third of the budget.
-    wait_for("throttle shares of a third each", Duration::from_secs(20), || {
-        members
-            .iter()
-            .all(|m| {
-                m.metric("ferry_throttle_rate_bytes", &[("from", "us-east"), ("to", "eu-west")])
-                    .is_some_and(|rate| (rate - 4.0 * MIB / 3.0).abs() < 2.0)
-            })
-            .then_some(())
-    })
-    .await;
+    wait_for_thirds("throttle shares of a third each", &members, 4.0 * MIB, Duration::from_secs(20)).await;
     // Let the initial bursts pass, then measure the aggregate.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let counter = TargetCounter::new(&env, &topic, PARTITIONS);
@@ -151,15 +142,12 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
     replace_file(&config, &throttled("2MiB/s"));
     let reloaded_at = Instant::now();
     // The controller re-splits the new budget and every member enforces its new share...
-    wait_for("every member enforcing a third of the reloaded budget", Duration::from_secs(10), || {
-        members
-            .iter()
-            .all(|m| {
-                m.metric("ferry_throttle_rate_bytes", &[("from", "us-east"), ("to", "eu-west")])
-                    .is_some_and(|rate| (rate - 2.0 * MIB / 3.0).abs() < 2.0)
-            })
-            .then_some(())
-    })
+    wait_for_thirds(
+        "every member enforcing a third of the reloaded budget",
+        &members,
+        2.0 * MIB,
+        Duration::from_secs(10),
+    )
     .await;
     let took = reloaded_at.elapsed();
     // ...and the target sees it: a window that starts after the switch runs at the new budget.
@@ -176,4 +164,18 @@ async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
         reloaded_rate / MIB
     );
     assert!(members.iter().all(|m| m.metric("ferry_config_reloads_total", &[("result", "applied")]) == Some(1.0)));
+}
+
+/// Waits until every member enforces a third of `budget` (bytes/s) on the us-east → eu-west pair.
+async fn wait_for_thirds(what: &str, members: &[Ferry], budget: f64, timeout: Duration) {
+    wait_for(what, timeout, || {
+        members
+            .iter()
+            .all(|m| {
+                m.metric("ferry_throttle_rate_bytes", &[("from", "us-east"), ("to", "eu-west")])
+                    .is_some_and(|rate| (rate - budget / 3.0).abs() < 2.0)
+            })
+            .then_some(())
+    })
+    .await;
 }

@@ -36,13 +36,7 @@ async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
     // Records behind the refused one were in flight when it was refused, so some landed ahead of it: they are
     // duplicates-to-be, and the restarted member counts them.
     let duplicates = end_offset(&env.target, &target_topic, 0) - 10;
-    wait_for("every record after the limit was lifted", Duration::from_secs(60), || {
-        (end_offset(&env.target, &target_topic, 0) == 21 + duplicates).then_some(())
-    })
-    .await;
-    let replicated: Vec<Record> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(_, r)| r).collect();
-    assert_eq!(replicated[..10], records[..10]);
-    assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
+    wait_for_all_21_records(&env.target, &target_topic, &records, duplicates).await;
     assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]), Some(duplicates as f64));
 }
 
@@ -86,13 +80,7 @@ async fn acknowledgements_after_a_record_the_target_broker_refused_do_not_move_t
         result.expect("limit lifted");
     }
     let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
-    wait_for("every record after the limit was lifted", Duration::from_secs(60), || {
-        (end_offset(&env.target, &target_topic, 0) == 21 + written_after_refusal).then_some(())
-    })
-    .await;
-    let replicated: Vec<Record> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(_, r)| r).collect();
-    assert_eq!(replicated[..10], records[..10]);
-    assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
+    wait_for_all_21_records(&env.target, &target_topic, &records, written_after_refusal).await;
     let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
     assert!(status.success(), "{logs}");
 }
@@ -113,4 +101,16 @@ async fn stop_after_refusal_of_offset_10(ferry: Ferry, flow: &str) -> String {
     let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
     assert!(status.success(), "{logs}");
     logs
+}
+
+/// Waits until the target holds the 21 records plus `written_early` records written ahead of the refused one, and
+/// checks that records 0-9 come first and the refused record and everything after it come last, in order.
+async fn wait_for_all_21_records(target: &str, target_topic: &str, records: &[Record], written_early: i64) {
+    wait_for("every record after the limit was lifted", Duration::from_secs(60), || {
+        (end_offset(target, target_topic, 0) == 21 + written_early).then_some(())
+    })
+    .await;
+    let replicated: Vec<Record> = read_partition(target, target_topic, 0).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replicated[..10], records[..10]);
+    assert_eq!(replicated[replicated.len() - 11..], records[10..], "the refused record and all after it, in order");
 }
