@@ -8,7 +8,8 @@
 //!   with their send time for the latency phase and the scale run).
 //! - `watch`: polls the end offsets of source and target topics and prints one JSON line per poll, so the script
 //!   can time the drain and sample the replicator's CPU and memory at its start and end.
-//! - `latency`: reads the target and prints the distribution of receive time − record timestamp.
+//! - `latency`: reads the target and prints the distribution of receive time − record timestamp; with the source
+//!   topic too, it splits each record's latency into its source part and the replicator's hop.
 //! - `create-topics`: creates many topics in one admin request.
 //!
 //! It is a `[[bench]]` with `harness = false`: `cargo bench --bench pipe -- pipe ...` runs it. Without a
@@ -111,6 +112,13 @@ enum Command {
         expect: u64,
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+        /// Also read the topic the records were replicated from, on this cluster: adds the latency a reader of
+        /// the source sees (the floor under any replicator) and each record's hop (target receive − source
+        /// receive, paired by partition and offset), overall and for the worst seconds.
+        #[arg(long, requires = "source_topic")]
+        source_bootstrap: Option<String>,
+        #[arg(long, requires = "source_bootstrap")]
+        source_topic: Option<String>,
     },
     /// Create topics (comma-separated) with `partitions` each, replication factor 1, in one request.
     CreateTopics {
@@ -181,8 +189,10 @@ fn main() {
             let interval = Duration::from_millis(interval_ms);
             watch(&route.source, &route.target, &route.pairs(), partitions, interval, timeout)
         }
-        Command::Latency { bootstrap, topic, partitions, expect, timeout } => {
-            latency(&bootstrap, &topic, partitions, expect, timeout)
+        Command::Latency { bootstrap, topic, partitions, expect, timeout, source_bootstrap, source_topic } => {
+            let target = Read { bootstrap, topic };
+            let source = source_bootstrap.zip(source_topic).map(|(bootstrap, topic)| Read { bootstrap, topic });
+            latency(target, source, partitions, expect, timeout)
         }
         Command::CreateTopics { bootstrap, topics, partitions } => {
             create_topics(&bootstrap, &split(&topics), partitions)
@@ -194,7 +204,7 @@ fn main() {
     }
 }
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn split(list: &str) -> Vec<String> {
     list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
@@ -451,7 +461,12 @@ fn produce(bootstrap: &str, topics: &[String], partitions: i32, load: &Load) -> 
             break;
         }
         if rate > 0.0 && (sent as f64) >= rate * elapsed {
-            producer.poll(Duration::from_millis(1));
+            // Ahead of the rate: sleep until the next record is due. Not `poll` with a short timeout: rdkafka
+            // rounds the remaining time down to whole milliseconds and spins on a zero timeout, which made this
+            // generator burn a whole core and starve the brokers and replicator it measures.
+            producer.poll(Duration::ZERO);
+            let due = sent as f64 / rate;
+            std::thread::sleep(Duration::from_secs_f64((due - elapsed).clamp(0.0, 0.001)));
             continue;
         }
         let (topic, partition) = targets[(sent % targets.len() as u64) as usize];
@@ -545,8 +560,24 @@ fn watch(
     }
 }
 
-fn latency(bootstrap: &str, topic: &str, partitions: i32, expect: u64, timeout: f64) -> Result<()> {
-    let consumer: BaseConsumer = plain(bootstrap)
+/// A topic to read from its beginning, on one cluster.
+struct Read {
+    bootstrap: String,
+    topic: String,
+}
+
+/// When a reader received one record.
+#[derive(Clone, Copy)]
+struct Receipt {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: i64,
+    received_ms: i64,
+}
+
+/// Reads `read` from its beginning until `expect` stamped records arrived or `timeout` passed.
+fn receipts(read: &Read, partitions: i32, expect: u64, timeout: f64) -> Result<Vec<Receipt>> {
+    let consumer: BaseConsumer = plain(&read.bootstrap)
         .set("group.id", "ferry-bench-latency-unused")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -554,42 +585,110 @@ fn latency(bootstrap: &str, topic: &str, partitions: i32, expect: u64, timeout: 
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        assignment.add_partition_offset(&read.topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
     let start = Instant::now();
-    let mut latencies: Vec<i64> = Vec::with_capacity(expect as usize);
-    while (latencies.len() as u64) < expect && start.elapsed().as_secs_f64() < timeout {
+    let mut receipts = Vec::with_capacity(expect as usize);
+    while (receipts.len() as u64) < expect && start.elapsed().as_secs_f64() < timeout {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let warmup =
                     message.headers().is_some_and(|headers| headers.iter().any(|header| header.key == WARMUP_HEADER));
-                if let (Some(timestamp), false) = (message.timestamp().to_millis(), warmup) {
-                    latencies.push(now_ms() - timestamp);
+                if let (Some(timestamp_ms), false) = (message.timestamp().to_millis(), warmup) {
+                    receipts.push(Receipt {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        timestamp_ms,
+                        received_ms: now_ms(),
+                    });
                 }
             }
-            Some(Err(error)) => eprintln!("latency: consumer error: {error}"),
+            Some(Err(error)) => eprintln!("latency: consumer error on {}: {error}", read.topic),
             None => {}
         }
     }
-    latencies.sort_unstable();
-    let quantile = |q: f64| -> i64 {
-        if latencies.is_empty() {
+    if (receipts.len() as u64) < expect {
+        return Err(
+            format!("{}: only {} of {expect} records arrived within {timeout} s", read.topic, receipts.len()).into()
+        );
+    }
+    Ok(receipts)
+}
+
+/// p50, p99 and max of `values` (sorted in place); -1 when empty.
+fn quantiles(values: &mut [i64]) -> [i64; 3] {
+    values.sort_unstable();
+    [0.5, 0.99, 1.0].map(|q| {
+        if values.is_empty() {
             return -1;
         }
-        latencies[((latencies.len() - 1) as f64 * q).round() as usize]
-    };
-    println!(
-        "{{\"records\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
-        latencies.len(),
-        quantile(0.5),
-        quantile(0.99),
-        quantile(1.0)
-    );
-    if (latencies.len() as u64) < expect {
-        return Err(format!("only {} of {expect} records arrived within {timeout} s", latencies.len()).into());
+        values[((values.len() - 1) as f64 * q).round() as usize]
+    })
+}
+
+fn latency(target: Read, source: Option<Read>, partitions: i32, expect: u64, timeout: f64) -> Result<()> {
+    let source_reader = source.map(|source| std::thread::spawn(move || receipts(&source, partitions, expect, timeout)));
+    let at_target = receipts(&target, partitions, expect, timeout)?;
+    let mut end_to_end: Vec<i64> = at_target.iter().map(|r| r.received_ms - r.timestamp_ms).collect();
+    let [p50, p99, max] = quantiles(&mut end_to_end);
+    let mut report =
+        format!("{{\"records\": {}, \"p50_ms\": {p50}, \"p99_ms\": {p99}, \"max_ms\": {max}", at_target.len());
+    if let Some(reader) = source_reader {
+        let at_source = reader.join().map_err(|_| "source reader panicked")??;
+        report += &split_by_hop(&at_source, &at_target);
     }
+    println!("{report}}}");
     Ok(())
+}
+
+/// The JSON fields that split each record's end-to-end latency into its source part (record timestamp → a source
+/// reader has it) and its hop (→ a target reader has it). Replicators keep partition, order and timestamp, and
+/// the topics are new, so a record sits at the same partition and offset on both sides; a pair whose timestamps
+/// differ is counted as unpaired instead (a replicator that wrote duplicates).
+fn split_by_hop(at_source: &[Receipt], at_target: &[Receipt]) -> String {
+    let source_of: HashMap<(i32, i64), Receipt> =
+        at_source.iter().map(|receipt| ((receipt.partition, receipt.offset), *receipt)).collect();
+    let first_ms = at_target.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
+    let (mut source_part, mut hop, mut unpaired) = (Vec::new(), Vec::new(), 0);
+    // Per second of record timestamps: the worst end-to-end latency, and the worst source part and hop then.
+    let mut seconds: BTreeMap<i64, [i64; 3]> = BTreeMap::new();
+    for target in at_target {
+        let Some(source) =
+            source_of.get(&(target.partition, target.offset)).filter(|s| s.timestamp_ms == target.timestamp_ms)
+        else {
+            unpaired += 1;
+            continue;
+        };
+        let parts = [
+            target.received_ms - target.timestamp_ms,
+            source.received_ms - source.timestamp_ms,
+            target.received_ms - source.received_ms,
+        ];
+        source_part.push(parts[1]);
+        hop.push(parts[2]);
+        let worst = seconds.entry((target.timestamp_ms - first_ms) / 1000).or_insert([i64::MIN; 3]);
+        for (worst, part) in worst.iter_mut().zip(parts) {
+            *worst = (*worst).max(part);
+        }
+    }
+    let [source_p50, source_p99, source_max] = quantiles(&mut source_part);
+    let [hop_p50, hop_p99, hop_max] = quantiles(&mut hop);
+    let mut worst: Vec<(i64, [i64; 3])> = seconds.into_iter().collect();
+    worst.sort_by_key(|(_, [end_to_end, ..])| std::cmp::Reverse(*end_to_end));
+    let worst: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(second, [end_to_end, source, hop])| {
+            format!("{{\"second\": {second}, \"max_ms\": {end_to_end}, \"source_max_ms\": {source}, \"hop_max_ms\": {hop}}}")
+        })
+        .collect();
+    format!(
+        ", \"source_p50_ms\": {source_p50}, \"source_p99_ms\": {source_p99}, \"source_max_ms\": {source_max}, \
+         \"hop_p50_ms\": {hop_p50}, \"hop_p99_ms\": {hop_p99}, \"hop_max_ms\": {hop_max}, \"unpaired\": {unpaired}, \
+         \"worst_seconds\": [{}]",
+        worst.join(", ")
+    )
 }
 
 fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> Result<()> {
