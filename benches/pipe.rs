@@ -632,21 +632,22 @@ fn latency(target: Read, source: Option<Read>, partitions: i32, expect: u64, tim
     let at_target = receipts(&target, partitions, expect, timeout)?;
     let mut end_to_end: Vec<i64> = at_target.iter().map(|r| r.received_ms - r.timestamp_ms).collect();
     let [p50, p99, max] = quantiles(&mut end_to_end);
-    let mut report =
-        format!("{{\"records\": {}, \"p50_ms\": {p50}, \"p99_ms\": {p99}, \"max_ms\": {max}", at_target.len());
+    let mut report = serde_json::json!({"records": at_target.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max});
     if let Some(reader) = source_reader {
         let at_source = reader.join().map_err(|_| "source reader panicked")??;
-        report += &split_by_hop(&at_source, &at_target);
+        for (key, value) in split_by_hop(&at_source, &at_target) {
+            report[key] = value;
+        }
     }
-    println!("{report}}}");
+    println!("{report}");
     Ok(())
 }
 
-/// The JSON fields that split each record's end-to-end latency into its source part (record timestamp → a source
-/// reader has it) and its hop (→ a target reader has it). Replicators keep partition, order and timestamp, and
-/// the topics are new, so a record sits at the same partition and offset on both sides; a pair whose timestamps
-/// differ is counted as unpaired instead (a replicator that wrote duplicates).
-fn split_by_hop(at_source: &[Receipt], at_target: &[Receipt]) -> String {
+/// The report fields that split each record's end-to-end latency into its source part (record timestamp → a
+/// source reader has it) and its hop (→ a target reader has it). Replicators keep partition, order and timestamp,
+/// and the topics are new, so a record sits at the same partition and offset on both sides; a pair whose
+/// timestamps differ is counted as unpaired instead (a replicator that wrote duplicates).
+fn split_by_hop(at_source: &[Receipt], at_target: &[Receipt]) -> Vec<(&'static str, serde_json::Value)> {
     let source_of: HashMap<(i32, i64), Receipt> =
         at_source.iter().map(|receipt| ((receipt.partition, receipt.offset), *receipt)).collect();
     let first_ms = at_target.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
@@ -676,19 +677,23 @@ fn split_by_hop(at_source: &[Receipt], at_target: &[Receipt]) -> String {
     let [hop_p50, hop_p99, hop_max] = quantiles(&mut hop);
     let mut worst: Vec<(i64, [i64; 3])> = seconds.into_iter().collect();
     worst.sort_by_key(|(_, [end_to_end, ..])| std::cmp::Reverse(*end_to_end));
-    let worst: Vec<String> = worst
+    let worst: Vec<serde_json::Value> = worst
         .iter()
         .take(5)
         .map(|(second, [end_to_end, source, hop])| {
-            format!("{{\"second\": {second}, \"max_ms\": {end_to_end}, \"source_max_ms\": {source}, \"hop_max_ms\": {hop}}}")
+            serde_json::json!({"second": second, "max_ms": end_to_end, "source_max_ms": source, "hop_max_ms": hop})
         })
         .collect();
-    format!(
-        ", \"source_p50_ms\": {source_p50}, \"source_p99_ms\": {source_p99}, \"source_max_ms\": {source_max}, \
-         \"hop_p50_ms\": {hop_p50}, \"hop_p99_ms\": {hop_p99}, \"hop_max_ms\": {hop_max}, \"unpaired\": {unpaired}, \
-         \"worst_seconds\": [{}]",
-        worst.join(", ")
-    )
+    vec![
+        ("source_p50_ms", source_p50.into()),
+        ("source_p99_ms", source_p99.into()),
+        ("source_max_ms", source_max.into()),
+        ("hop_p50_ms", hop_p50.into()),
+        ("hop_p99_ms", hop_p99.into()),
+        ("hop_max_ms", hop_max.into()),
+        ("unpaired", unpaired.into()),
+        ("worst_seconds", worst.into()),
+    ]
 }
 
 fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> Result<()> {
