@@ -34,6 +34,10 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
+/// The same allocator as the `ferry` binary (ADR 15), so the baseline differs from ferry in the copying alone.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(about = "ferry benchmark tool: raw pipe, load generator, offset watcher, latency reader")]
 struct Cli {

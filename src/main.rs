@@ -14,6 +14,11 @@ use ferry::config::Config;
 use ferry::failover::{FailoverError, GroupTranslation};
 use ferry::telemetry::{self, LogFormat};
 
+/// jemalloc serves every allocation in the process, librdkafka's included (the crate's unprefixed `malloc`):
+/// records are allocated on one thread and freed on another, which glibc's allocator makes slow (ADR 15).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for bad usage or an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a failure while running.
