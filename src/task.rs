@@ -168,6 +168,21 @@ impl Replication<'_> {
         self.pending.len() < MAX_IN_FLIGHT_RECORDS && self.pending_bytes < MAX_IN_FLIGHT_BYTES
     }
 
+    /// Adds a record to `pending`, keeping the counters over it in step.
+    fn track(&mut self, record: Pending) {
+        self.pending_bytes += record.bytes;
+        self.unacknowledged += usize::from(record.produced);
+        self.pending.push_back(record);
+    }
+
+    /// Removes the oldest record from `pending`, keeping the counters over it in step.
+    fn untrack_front(&mut self) -> Option<Pending> {
+        let record = self.pending.pop_front()?;
+        self.pending_bytes -= record.bytes;
+        self.unacknowledged -= usize::from(record.produced);
+        Some(record)
+    }
+
     fn rejected(&self, offset: i64, error: KafkaError) -> TaskError {
         TaskError::Rejected {
             cluster: self.ctx.target.alias().to_owned(),
@@ -192,12 +207,10 @@ impl Replication<'_> {
         let now = now_ms();
         for ack in acks {
             self.settle_skipped();
-            let record = match self.pending.pop_front() {
-                Some(record) if record.produced => record,
-                _ => return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned())),
+            // settle_skipped left a produced record at the front, if any.
+            let Some(record) = self.untrack_front() else {
+                return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned()));
             };
-            self.unacknowledged -= 1;
-            self.pending_bytes -= record.bytes;
             let target_offset = match ack {
                 Ok(target_offset) => target_offset,
                 Err(error) => {
@@ -227,11 +240,10 @@ impl Replication<'_> {
 
     /// Skipped records at the front are done: nothing before them waits for an acknowledgement.
     fn settle_skipped(&mut self) {
-        while let Some(record) = self.pending.front().filter(|record| !record.produced) {
-            self.position.skipped(record.offset);
-            self.pending_bytes -= record.bytes;
+        while let Some(offset) = self.pending.front().filter(|record| !record.produced).map(|record| record.offset) {
+            self.untrack_front();
+            self.position.skipped(offset);
             self.ctx.metrics.skipped_loop.inc();
-            self.pending.pop_front();
         }
     }
 
@@ -279,8 +291,7 @@ impl Replication<'_> {
         }
         if let Some(provenance) = &self.ctx.provenance {
             if origin == Some(provenance.target_alias.as_bytes()) {
-                self.pending.push_back(Pending { offset, timestamp_ms, bytes, produced: false });
-                self.pending_bytes += bytes;
+                self.track(Pending { offset, timestamp_ms, bytes, produced: false });
                 return Ok(true);
             }
             if origin.is_none() {
@@ -319,9 +330,7 @@ impl Replication<'_> {
         loop {
             match self.ctx.target.send(record) {
                 Ok(()) => {
-                    self.pending.push_back(Pending { offset, timestamp_ms, bytes, produced: true });
-                    self.unacknowledged += 1;
-                    self.pending_bytes += bytes;
+                    self.track(Pending { offset, timestamp_ms, bytes, produced: true });
                     return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
