@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::assignment::{self, Assignment};
-use crate::checkpoint::EtcdStore;
+use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::coordination::{
     assignment_key, read_assignments, AssignedWork, CoordinationError, ThrottleShare, POLL_INTERVAL,
@@ -41,7 +41,7 @@ pub struct Controller {
     leadership: Leadership,
     config: watch::Receiver<Arc<Config>>,
     discovered: watch::Receiver<Discovered>,
-    store: Option<Arc<EtcdStore>>,
+    store: Arc<dyn CheckpointStore>,
     metrics: Metrics,
     previous: Assignment,
     written: BTreeMap<String, AssignedWork>,
@@ -90,7 +90,7 @@ impl Controller {
         leadership: Leadership,
         config: watch::Receiver<Arc<Config>>,
         discovered: watch::Receiver<Discovered>,
-        store: Option<Arc<EtcdStore>>,
+        store: Arc<dyn CheckpointStore>,
         metrics: Metrics,
     ) -> Result<(Self, BTreeSet<TaskId>), CoordinationError> {
         let written = read_assignments(&etcd).await?;
@@ -282,7 +282,7 @@ impl Controller {
     }
 
     async fn collect_garbage(&self, live: &BTreeSet<String>) {
-        let Some(store) = &self.store else { return };
+        let store = &self.store;
         let flows: Vec<String> = self.config.borrow().flows.iter().map(|flow| flow.name.clone()).collect();
         for flow in flows {
             match store.collect_garbage(&flow, live).await {

@@ -1,22 +1,25 @@
-//! Consumer failover: a group's committed offsets on the source, translated with the flow's checkpoints, and
-//! committed for the same group on the target under the remote topic names.
+//! Consumer failover and failback. Failover: a group's committed offsets on the source, translated with the flow's
+//! checkpoints, committed for the same group on the target under the remote topic names. Failback: the group's
+//! offsets on those remote topics translated back and committed on the source under the original names, together
+//! with its offsets on topics that originated on the target, translated forward through the reverse flow.
 //!
-//! Invariant: offsets are committed on the target only while the group has no active member there (unless
-//! forced), so a running consumer never has its position moved underneath it.
+//! Invariant: offsets are committed on a cluster only while the group has no active member there (unless
+//! forced), so a running consumer never has its position moved underneath it; and the checkpoint store is only
+//! read (a one-shot command changes nothing in it).
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::checkpoint::{CheckpointStore, FileStore, StoreError};
+use crate::checkpoint::{self, Access, Checkpoint, CheckpointStore, StoreError, TaskKey};
 use crate::config::{Config, ConfigError, ConfigProblem, FlowConfig};
 use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::naming::TopicNaming;
-use crate::translate::{translate, TranslateError};
+use crate::translate::{translate, translate_back, TranslateError};
 
 /// Errors of translation and failover.
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +48,26 @@ pub enum FailoverError {
     /// An admin client could not be built or used.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
-    /// The group still has consumers on the target.
+    /// The group still has consumers on the cluster its offsets would be committed on.
     #[error("group {group} has {members} active member(s) on cluster {cluster}; stop them first or pass --force")]
     ActiveMembers {
         /// Group id.
         group: String,
-        /// Target cluster alias.
+        /// Cluster alias.
         cluster: String,
         /// Number of members.
         members: usize,
+    },
+    /// The store holds no checkpoint of the flow: nothing can be translated.
+    #[error(
+        "no checkpoints of flow {flow} in {location}: ferry has not replicated this flow with this checkpoint store \
+         (is checkpoint.store the one the running members use?)"
+    )]
+    NoCheckpoints {
+        /// Flow name.
+        flow: String,
+        /// The store that was read.
+        location: String,
     },
 }
 
@@ -66,18 +80,19 @@ pub struct GroupTranslation {
     pub synced_at_ms: Option<i64>,
 }
 
-/// One partition of a failover: where the group is on the source and where it resumes on the target.
+/// One partition of a flow's task: the group's offset on the source and on the target, one of them committed and
+/// the other translated from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionOffsets {
     /// Source topic.
     pub topic: String,
     /// Partition.
     pub partition: i32,
-    /// The group's committed offset on the source.
-    pub source_offset: i64,
+    /// The group's offset on the source: committed there (failover), or translated back (failback).
+    pub source_offset: Option<i64>,
     /// Target topic.
     pub target_topic: String,
-    /// Translated target offset, when it could be translated.
+    /// The group's offset on the target: translated (failover), or committed there (failback).
     pub target_offset: Option<i64>,
     /// Source records before the committed offset that the target does not have yet.
     pub not_yet_replicated: i64,
@@ -85,6 +100,17 @@ pub struct PartitionOffsets {
     pub may_redeliver: i64,
     /// Why there is no translation, if there is none.
     pub note: Option<String>,
+}
+
+/// A group's failback: its offsets on the flow's remote topics translated back to the source topics, and its
+/// offsets on topics that originated on the target translated forward through each reverse flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailbackPlan {
+    /// Through the flow, backwards: `source_offset` is what is committed on the source.
+    pub back: Vec<PartitionOffsets>,
+    /// Through the reverse flows (target -> source), by flow name: `target_offset` is what is committed on the
+    /// source cluster, under `target_topic`.
+    pub reverse: Vec<(String, Vec<PartitionOffsets>)>,
 }
 
 impl FailoverError {
@@ -131,40 +157,73 @@ pub(crate) fn active_members(
     Ok(groups.groups().iter().map(|g| g.members().len()).sum())
 }
 
-/// Translates the committed source offsets of `group` for every partition the flow replicates.
-pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> Result<GroupTranslation, FailoverError> {
-    let flow = flow(config, flow_name)?;
-    let store: Box<dyn CheckpointStore> = Box::new(FileStore::open(&config.checkpoint.path)?);
+/// The flow's checkpoints, read-only from the configured store; refused when there are none.
+async fn load_checkpoints(
+    config: &Config,
+    store: &dyn CheckpointStore,
+    flow: &FlowConfig,
+) -> Result<BTreeMap<TaskKey, Checkpoint>, FailoverError> {
     let checkpoints = store.load(&flow.name).await?;
-    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
-    let mut wanted = TopicPartitionList::new();
-    for key in checkpoints.keys() {
-        wanted.add_partition(&key.topic, key.partition);
+    if checkpoints.is_empty() {
+        return Err(FailoverError::NoCheckpoints {
+            flow: flow.name.clone(),
+            location: checkpoint::location(&config.checkpoint),
+        });
     }
-    // A one-shot command: its client errors are logged; there is no scrape to count them for.
-    let source = group_client(config, &flow.source, group, &Metrics::new(false))?;
-    let committed = match tokio::task::block_in_place(|| source.committed_offsets(wanted, REQUEST_TIMEOUT)) {
-        Ok(committed) => committed,
-        // The real disaster: the source is gone. The continuous sync kept the group's last translation.
-        Err(error) => return synced_translation(store.as_ref(), flow, group, &naming, error).await,
-    };
+    Ok(checkpoints)
+}
+
+/// The store the config names, opened read-only.
+async fn read_only_store(config: &Config) -> Result<std::sync::Arc<dyn CheckpointStore>, FailoverError> {
+    // A one-shot command: its etcd requests are not scraped by anyone.
+    Ok(checkpoint::open(&config.checkpoint, Access::ReadOnly, &Metrics::new(false)).await?.store)
+}
+
+/// `group`'s committed offsets on the cluster `client` talks to, for `topics` (topic, partition), by those keys.
+fn committed_on(
+    client: &BaseConsumer<ClusterContext>,
+    topics: impl Iterator<Item = (String, i32)>,
+) -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partition) in topics {
+        wanted.add_partition(&topic, partition);
+    }
+    let committed = tokio::task::block_in_place(|| client.committed_offsets(wanted, REQUEST_TIMEOUT))?;
+    let offsets = committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some(((element.topic().to_owned(), element.partition()), offset)),
+            _ => None,
+        })
+        .collect();
+    // Drop the partition list before the consumer: librdkafka can hang on shutdown otherwise.
+    drop(committed);
+    Ok(offsets)
+}
+
+/// Translates `committed` source offsets (by source topic-partition) forward with `checkpoints`.
+fn forward_rows(
+    checkpoints: &BTreeMap<TaskKey, Checkpoint>,
+    naming: &TopicNaming,
+    committed: &BTreeMap<(String, i32), i64>,
+) -> Vec<PartitionOffsets> {
     let mut rows = Vec::new();
-    for element in committed.elements() {
-        let Offset::Offset(source_offset) = element.offset() else { continue };
-        let key = crate::checkpoint::TaskKey { topic: element.topic().to_owned(), partition: element.partition() };
-        let position = &checkpoints[&key].position;
-        let (target_offset, not_yet_replicated, may_redeliver, note) = match translate(position, source_offset) {
-            Ok(translation) => {
-                (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, None)
-            }
-            Err(error @ TranslateError::BeforeHistory { .. }) | Err(error @ TranslateError::NothingReplicated) => {
-                (None, 0, 0, Some(error.to_string()))
-            }
-        };
+    for (key, checkpoint) in checkpoints {
+        let Some(&source_offset) = committed.get(&(key.topic.clone(), key.partition)) else { continue };
+        let (target_offset, not_yet_replicated, may_redeliver, note) =
+            match translate(&checkpoint.position, source_offset) {
+                Ok(translation) => {
+                    (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, None)
+                }
+                Err(error @ (TranslateError::BeforeHistory { .. } | TranslateError::NothingReplicated)) => {
+                    (None, 0, 0, Some(error.to_string()))
+                }
+            };
         rows.push(PartitionOffsets {
             topic: key.topic.clone(),
             partition: key.partition,
-            source_offset,
+            source_offset: Some(source_offset),
             target_topic: naming.remote_topic(&key.topic),
             target_offset,
             not_yet_replicated,
@@ -172,10 +231,22 @@ pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> R
             note,
         });
     }
-    // Drop the partition list before the consumer: librdkafka can hang on shutdown otherwise.
-    drop(committed);
-    rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    Ok(GroupTranslation { rows, synced_at_ms: None })
+    rows
+}
+
+/// Translates the committed source offsets of `group` for every partition the flow replicates.
+pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> Result<GroupTranslation, FailoverError> {
+    let flow = flow(config, flow_name)?;
+    let store = read_only_store(config).await?;
+    let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
+    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+    let source = group_client(config, &flow.source, group, &Metrics::new(false))?;
+    let committed = match committed_on(&source, checkpoints.keys().map(|key| (key.topic.clone(), key.partition))) {
+        Ok(committed) => committed,
+        // The real disaster: the source is gone. The continuous sync kept the group's last translation.
+        Err(error) => return synced_translation(store.as_ref(), flow, group, &naming, error).await,
+    };
+    Ok(GroupTranslation { rows: forward_rows(&checkpoints, &naming, &committed), synced_at_ms: None })
 }
 
 /// The group's offsets as the continuous sync last stored them, when the source cannot be asked.
@@ -201,7 +272,7 @@ async fn synced_translation(
             target_topic: naming.remote_topic(&offset.topic),
             topic: offset.topic,
             partition: offset.partition,
-            source_offset: offset.source_offset,
+            source_offset: Some(offset.source_offset),
             target_offset: Some(offset.target_offset),
             not_yet_replicated: offset.not_yet_replicated,
             may_redeliver: offset.may_redeliver,
@@ -210,6 +281,81 @@ async fn synced_translation(
         .collect();
     rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(GroupTranslation { rows, synced_at_ms: Some(synced.synced_at_ms) })
+}
+
+/// Translates `group`'s committed offsets on the target back to the source: the flow's remote topics through its
+/// checkpoints, and the target's own topics forward through every reverse flow of the config.
+pub async fn failback_plan(config: &Config, flow_name: &str, group: &str) -> Result<FailbackPlan, FailoverError> {
+    let flow = flow(config, flow_name)?;
+    let store = read_only_store(config).await?;
+    let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
+    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+    let target = group_client(config, &flow.target, group, &Metrics::new(false))?;
+    let remote = |key: &TaskKey| (naming.remote_topic(&key.topic), key.partition);
+    let committed = committed_on(&target, checkpoints.keys().map(remote))
+        .map_err(|e| FailoverError::kafka("read committed offsets", group, &flow.target, e))?;
+    let mut back = Vec::new();
+    for (key, checkpoint) in &checkpoints {
+        let (target_topic, partition) = remote(key);
+        let Some(&target_offset) = committed.get(&(target_topic.clone(), partition)) else { continue };
+        let (source_offset, may_redeliver, note) = match translate_back(&checkpoint.position, target_offset) {
+            Ok(back) => (Some(back.source_offset), back.may_redeliver, None),
+            Err(error @ (TranslateError::BeforeHistory { .. } | TranslateError::NothingReplicated)) => {
+                (None, 0, Some(error.to_string()))
+            }
+        };
+        back.push(PartitionOffsets {
+            topic: key.topic.clone(),
+            partition,
+            source_offset,
+            target_topic,
+            target_offset: Some(target_offset),
+            not_yet_replicated: 0,
+            may_redeliver,
+            note,
+        });
+    }
+    let mut reverse = Vec::new();
+    for reverse_flow in config.flows.iter().filter(|f| f.source == flow.target && f.target == flow.source) {
+        let checkpoints = store.load(&reverse_flow.name).await?;
+        let naming = TopicNaming::new(reverse_flow.naming, &reverse_flow.source, config.clusters.keys().cloned());
+        let committed = committed_on(&target, checkpoints.keys().map(|key| (key.topic.clone(), key.partition)))
+            .map_err(|e| FailoverError::kafka("read committed offsets", group, &flow.target, e))?;
+        let rows = forward_rows(&checkpoints, &naming, &committed);
+        if !rows.is_empty() {
+            reverse.push((reverse_flow.name.clone(), rows));
+        }
+    }
+    Ok(FailbackPlan { back, reverse })
+}
+
+/// Commits `offsets` (topic, partition, offset) for `group` on cluster `alias`, refusing while the group has
+/// active members there unless `force`; returns how many were committed.
+fn commit_offsets(
+    config: &Config,
+    alias: &str,
+    group: &str,
+    offsets: &[(String, i32, i64)],
+    force: bool,
+) -> Result<usize, FailoverError> {
+    let client = group_client(config, alias, group, &Metrics::new(false))?;
+    let kafka_error = |what| move |source| FailoverError::kafka(what, group, alias, source);
+    let members = active_members(&client, group, alias)?;
+    if members > 0 && !force {
+        return Err(FailoverError::ActiveMembers { group: group.to_owned(), cluster: alias.to_owned(), members });
+    }
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(kafka_error("prepare offsets"))?;
+    }
+    let count = list.count();
+    if count > 0 {
+        // A synchronous commit returns once the group coordinator stored the offsets.
+        client.commit(&list, CommitMode::Sync).map_err(kafka_error("commit offsets"))?;
+    }
+    drop(list);
+    Ok(count)
 }
 
 /// Commits the translated offsets for `group` on the flow's target cluster.
@@ -221,26 +367,27 @@ pub fn commit_on_target(
     force: bool,
 ) -> Result<usize, FailoverError> {
     let flow = flow(config, flow_name)?;
-    let target = group_client(config, &flow.target, group, &Metrics::new(false))?;
-    let kafka_error = |what| move |source| FailoverError::kafka(what, group, &flow.target, source);
-    let members = active_members(&target, group, &flow.target)?;
-    if members > 0 && !force {
-        return Err(FailoverError::ActiveMembers { group: group.to_owned(), cluster: flow.target.clone(), members });
-    }
-    let mut offsets = TopicPartitionList::new();
-    for row in rows {
-        if let Some(target_offset) = row.target_offset {
-            offsets
-                .add_partition_offset(&row.target_topic, row.partition, Offset::Offset(target_offset))
-                .map_err(kafka_error("prepare offsets"))?;
-        }
-    }
-    let count = offsets.count();
-    if count > 0 {
-        target.commit(&offsets, CommitMode::Sync).map_err(kafka_error("commit offsets"))?;
-    }
-    drop(offsets);
-    // Give librdkafka a moment to finish the commit's bookkeeping before the client is dropped.
-    std::thread::sleep(Duration::from_millis(10));
-    Ok(count)
+    let offsets: Vec<_> =
+        rows.iter().filter_map(|row| Some((row.target_topic.clone(), row.partition, row.target_offset?))).collect();
+    commit_offsets(config, &flow.target, group, &offsets, force)
+}
+
+/// Commits a failback for `group` on the flow's source cluster: the original topics at their translated source
+/// offsets, and the reverse flows' remote topics at their translated target offsets.
+pub fn commit_failback(
+    config: &Config,
+    flow_name: &str,
+    group: &str,
+    plan: &FailbackPlan,
+    force: bool,
+) -> Result<usize, FailoverError> {
+    let flow = flow(config, flow_name)?;
+    let back = plan.back.iter().filter_map(|row| Some((row.topic.clone(), row.partition, row.source_offset?)));
+    let reverse = plan
+        .reverse
+        .iter()
+        .flat_map(|(_, rows)| rows)
+        .filter_map(|row| Some((row.target_topic.clone(), row.partition, row.target_offset?)));
+    let offsets: Vec<_> = back.chain(reverse).collect();
+    commit_offsets(config, &flow.source, group, &offsets, force)
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use ferry::config::Config;
-use ferry::failover::{FailoverError, GroupTranslation};
+use ferry::failover::{FailbackPlan, FailoverError, GroupTranslation, PartitionOffsets};
 use ferry::telemetry::{self, LogFormat};
 
 /// jemalloc serves every allocation in the process, librdkafka's included (the crate's unprefixed `malloc`):
@@ -73,6 +73,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Commit even while the group has active members on the target.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move a group back to the flow's source cluster after a failover: its offsets on the target's remote topics
+    /// translated back (and on the target's own topics through the reverse flow), committed on the source.
+    Failback {
+        #[command(flatten)]
+        group: GroupArgs,
+        /// Show what would be committed, commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Commit even while the group has active members on the source.
         #[arg(long)]
         force: bool,
     },
@@ -178,15 +190,33 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             println!("committed {committed} offsets for group {group}");
             Ok(())
         }
+        Command::Failback { group: GroupArgs { config, flow, group }, dry_run, force } => {
+            let config = Config::load(&config).map_err(config_failure)?;
+            let plan = runtime()?
+                .block_on(ferry::failover::failback_plan(&config, &flow, &group))
+                .map_err(failover_failure)?;
+            print_failback(&flow, &plan);
+            if dry_run {
+                println!("dry run: nothing committed");
+                return Ok(());
+            }
+            let committed = ferry::failover::commit_failback(&config, &flow, &group, &plan, force)?;
+            println!("committed {committed} offsets for group {group}");
+            Ok(())
+        }
         Command::Status { url } => status(&url),
     }
 }
 
-fn translate_group(config: &Config, flow: &str, group: &str) -> Result<GroupTranslation, Failure> {
-    runtime()?.block_on(ferry::failover::translate_group(config, flow, group)).map_err(|error| match error {
+fn failover_failure(error: FailoverError) -> Failure {
+    match error {
         FailoverError::Config(error) => config_failure(error),
         other => other.into(),
-    })
+    }
+}
+
+fn translate_group(config: &Config, flow: &str, group: &str) -> Result<GroupTranslation, Failure> {
+    runtime()?.block_on(ferry::failover::translate_group(config, flow, group)).map_err(failover_failure)
 }
 
 fn print_offsets(translation: &GroupTranslation) {
@@ -194,16 +224,37 @@ fn print_offsets(translation: &GroupTranslation) {
         let age = (ferry::checkpoint::now_ms() - synced_at_ms).max(0) as f64 / 1000.0;
         println!("source cluster unreachable: using the group offsets ferry synced {age:.0} s ago");
     }
-    let rows = &translation.rows;
+    print_rows(&translation.rows);
+}
+
+/// The failback table: the flow's topics first (committed on the source at SOURCE_OFFSET), then each reverse
+/// flow's (committed on the source cluster at TARGET_OFFSET, under the reverse flow's remote topic).
+fn print_failback(flow: &str, plan: &FailbackPlan) {
+    println!("back through flow {flow}: the group resumes on the source at SOURCE_OFFSET");
+    print_rows(&plan.back);
+    for (reverse, rows) in &plan.reverse {
+        println!();
+        println!("forward through the reverse flow {reverse}: the group resumes at TARGET_OFFSET of TARGET_TOPIC");
+        print_rows(rows);
+    }
+}
+
+fn print_rows(rows: &[PartitionOffsets]) {
+    let offset = |offset: Option<i64>| offset.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
     println!(
-        "{:<32} {:>9} {:>13} {:>13} {:>15}",
-        "TOPIC", "PARTITION", "SOURCE_OFFSET", "TARGET_OFFSET", "NOT_REPLICATED"
+        "{:<32} {:>9} {:>13} {:<32} {:>13} {:>14} {:>13}",
+        "TOPIC", "PARTITION", "SOURCE_OFFSET", "TARGET_TOPIC", "TARGET_OFFSET", "NOT_REPLICATED", "MAY_REDELIVER"
     );
     for row in rows {
-        let target = row.target_offset.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
         print!(
-            "{:<32} {:>9} {:>13} {:>13} {:>15} {:>14}",
-            row.topic, row.partition, row.source_offset, target, row.not_yet_replicated, row.may_redeliver
+            "{:<32} {:>9} {:>13} {:<32} {:>13} {:>14} {:>13}",
+            row.topic,
+            row.partition,
+            offset(row.source_offset),
+            row.target_topic,
+            offset(row.target_offset),
+            row.not_yet_replicated,
+            row.may_redeliver
         );
         match &row.note {
             Some(note) => println!("  ({note})"),

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{AdminError, ClusterAdmin};
-use crate::checkpoint::{CheckpointStore, Checkpointer, EtcdStore, FileStore, StoreError};
-use crate::config::{Config, ConfigError, ConfigProblem, Delivery, FlowConfig, Naming, StoreKind};
+use crate::checkpoint::{self, Access, CheckpointStore, Checkpointer, OpenedStore, StoreError};
+use crate::config::{Config, ConfigError, ConfigProblem, Delivery, FlowConfig, Naming};
 use crate::controller::Controller;
 use crate::coordination::{
     new_member_id, read_assignments, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
@@ -118,15 +118,8 @@ impl Member {
         let Member { config, config_file, metrics } = self;
         unsupported(&config)?;
         let member_id = new_member_id();
-        let etcd = match (&config.checkpoint.store, &config.checkpoint.etcd) {
-            (StoreKind::Etcd, Some(etcd_config)) => Some(Etcd::connect(etcd_config, &metrics).await?),
-            _ => None,
-        };
-        let etcd_store = etcd.as_ref().map(|etcd| Arc::new(EtcdStore::new(etcd.clone(), member_id.clone())));
-        let store: Arc<dyn CheckpointStore> = match &etcd_store {
-            Some(store) => store.clone(),
-            None => Arc::new(FileStore::open(&config.checkpoint.path)?),
-        };
+        let OpenedStore { store, etcd } =
+            checkpoint::open(&config.checkpoint, Access::Member(member_id.clone()), &metrics).await?;
 
         let status = Arc::new(RwLock::new(Status::default()));
         let http_shutdown = CancellationToken::new();
@@ -157,7 +150,6 @@ impl Member {
             metrics: metrics.clone(),
             registry: registry.clone(),
             store: store.clone(),
-            etcd_store,
             etcd: etcd.clone(),
             checkpointer: checkpointer.clone(),
             config: config_tx,
@@ -313,7 +305,6 @@ struct Shared {
     metrics: Metrics,
     registry: Arc<Registry>,
     store: Arc<dyn CheckpointStore>,
-    etcd_store: Option<Arc<EtcdStore>>,
     etcd: Option<Etcd>,
     checkpointer: Checkpointer,
     /// The config in force; replaced by valid reloads.
@@ -734,7 +725,7 @@ impl Coordinator {
                 leadership,
                 shared.config.subscribe(),
                 discovered_rx,
-                shared.etcd_store.clone(),
+                shared.store.clone(),
                 shared.metrics.clone(),
             )
             .await;

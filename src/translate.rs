@@ -37,6 +37,42 @@ pub enum TranslateError {
     },
 }
 
+/// Where a committed target offset lands back on the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackTranslation {
+    /// Source offset to commit for the group.
+    pub source_offset: i64,
+    /// Records the group may see again (at most): non-zero where older sync points were thinned out, or where the
+    /// group read records on the target that the checkpoint does not cover yet.
+    pub may_redeliver: i64,
+}
+
+/// Translates committed target offset `committed` back to the source with a task's position: the inverse rule.
+pub fn translate_back(position: &Position, committed: i64) -> Result<BackTranslation, TranslateError> {
+    let (Some(end), Some(oldest)) = (position.next_target_offset, position.sync_points.first()) else {
+        return Err(TranslateError::NothingReplicated);
+    };
+    if committed < oldest.target {
+        return Err(TranslateError::BeforeHistory { offset: committed, oldest: oldest.target });
+    }
+    if committed >= end {
+        // Past the checkpoint the mapping is not known yet: resume at the first record not known to be replicated,
+        // re-delivering whatever the group read beyond it rather than guessing.
+        return Ok(BackTranslation { source_offset: position.next_source_offset, may_redeliver: committed - end });
+    }
+    // Sync points are sorted by target offset too: replication preserves order.
+    let index = position.sync_points.partition_point(|point| point.target <= committed) - 1;
+    let point = position.sync_points[index];
+    let next_source = position.sync_points.get(index + 1).map_or(position.next_source_offset, |next| next.source);
+    if point.coarse && committed > point.target {
+        return Ok(BackTranslation { source_offset: point.source, may_redeliver: next_source - point.source });
+    }
+    Ok(BackTranslation {
+        source_offset: (point.source + (committed - point.target)).min(next_source),
+        may_redeliver: 0,
+    })
+}
+
 /// Translates committed source offset `committed` with a task's position.
 pub fn translate(position: &Position, committed: i64) -> Result<Translation, TranslateError> {
     let (Some(end), Some(oldest)) = (position.next_target_offset, position.sync_points.first()) else {
@@ -114,6 +150,61 @@ mod tests {
         assert_eq!(translate(&Position::starting_at(0), 0), Err(TranslateError::NothingReplicated));
         let position = position(&[(100, 0, 10)]);
         assert_eq!(translate(&position, 50), Err(TranslateError::BeforeHistory { offset: 50, oldest: 100 }));
+    }
+
+    #[test]
+    fn failing_back_inverts_the_worked_example() {
+        // source 0..9 -> target 0..9, source 10..14 compacted away, source 15..24 -> target 10..19, then a commit
+        // marker on the target (offset 20) before source 25 -> target 21.
+        let mut position = position(&[(0, 0, 10), (15, 10, 10)]);
+        position.acknowledged(25, 21);
+        let back = |t| translate_back(&position, t).unwrap();
+        assert_eq!(back(5).source_offset, 5);
+        assert_eq!(back(10).source_offset, 15, "the first record after the compacted gap");
+        assert_eq!(back(19).source_offset, 24);
+        assert_eq!(back(20).source_offset, 25, "inside the target gap: the record after it");
+        assert_eq!(back(22), BackTranslation { source_offset: 26, may_redeliver: 0 }, "caught up");
+        assert_eq!(back(25), BackTranslation { source_offset: 26, may_redeliver: 3 }, "beyond the checkpoint");
+        assert_eq!(translate_back(&Position::starting_at(0), 0), Err(TranslateError::NothingReplicated));
+    }
+
+    proptest! {
+        /// The inverse rule on the same histories: every committed target offset maps back to the source offset of
+        /// the first replicated record at or after it.
+        #[test]
+        fn failing_back_never_skips_and_never_redelivers(steps in prop::collection::vec((0i64..3, 0i64..3, any::<bool>()), 1..1200)) {
+            let mut position = Position::starting_at(0);
+            let (mut source, mut target) = (0_i64, 0_i64);
+            let mut replicated = Vec::new();
+            for (source_gap, target_gap, skipped) in steps {
+                source += source_gap;
+                target += target_gap;
+                if skipped {
+                    position.skipped(source);
+                } else {
+                    position.acknowledged(source, target);
+                    replicated.push((source, target));
+                    target += 1;
+                }
+                source += 1;
+            }
+            prop_assume!(!replicated.is_empty());
+            let (first, end) = (replicated[0].1, position.next_target_offset.unwrap());
+            for committed in first..=end {
+                let expected = replicated
+                    .iter()
+                    .find(|(_, t)| *t >= committed)
+                    .map_or(position.next_source_offset, |(s, _)| *s);
+                let back = translate_back(&position, committed).unwrap();
+                prop_assert!(back.source_offset <= expected, "committed {} skips to {}", committed, back.source_offset);
+                let redelivered = replicated.iter().filter(|(s, _)| (back.source_offset..expected).contains(s)).count() as i64;
+                prop_assert!(redelivered <= back.may_redeliver, "committed {} re-delivers {} from {}", committed, redelivered, back.source_offset);
+                let dense_from = position.sync_points.iter().rposition(|point| point.coarse).map_or(i64::MIN, |i| position.sync_points[i + 1].target);
+                if committed >= dense_from {
+                    prop_assert_eq!(redelivered, 0, "committed {} in the exact window", committed);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -440,6 +440,11 @@ impl CheckpointStore for EtcdStore {
         Ok(groups)
     }
 
+    async fn collect_garbage(&self, flow: &str, live_members: &BTreeSet<String>) -> Result<usize, StoreError> {
+        // The inherent method: the shards of departed members.
+        EtcdStore::collect_garbage(self, flow, live_members).await
+    }
+
     async fn save_group_offsets(&self, flow: &str, group: &str, offsets: &GroupOffsets) -> Result<(), StoreError> {
         let key = format!("{}{}", self.groups_prefix(flow), encode_segment(group));
         let value = serde_json::to_vec(offsets)

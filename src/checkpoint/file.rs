@@ -50,6 +50,11 @@ impl FileStore {
         Ok(Self { dir, flows: Mutex::new(HashMap::new()) })
     }
 
+    /// A store in `dir` for reading, which creates nothing: a missing directory holds no checkpoints.
+    pub fn existing(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), flows: Mutex::new(HashMap::new()) }
+    }
+
     fn flow_path(&self, flow: &str) -> PathBuf {
         self.dir.join(format!("{flow}.json"))
     }

@@ -6,15 +6,17 @@
 
 mod etcd;
 mod file;
+mod open;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use etcd::EtcdStore;
 pub use file::FileStore;
+pub use open::{location, open, Access, OpenedStore};
 pub use writer::Checkpointer;
 
 use crate::progress::Position;
@@ -60,6 +62,20 @@ pub enum StoreError {
     /// etcd failed or did not answer in time; the request may be retried.
     #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
+    /// The store was opened read-only (a one-shot command) and was asked to write.
+    #[error("{location} is open read-only: cannot {operation}")]
+    ReadOnly {
+        /// What was asked.
+        operation: &'static str,
+        /// The store, for the message.
+        location: String,
+    },
+    /// The config chose a store whose section is missing (validation refuses such a config).
+    #[error("{key} is required by the configured checkpoint store")]
+    NotConfigured {
+        /// The missing section's key path.
+        key: &'static str,
+    },
 }
 
 /// Durable storage of task checkpoints, per flow.
@@ -83,6 +99,13 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// own; a later save of such a task (it came back) cancels its release. The default does nothing.
     async fn released(&self, _flow: &str, _tasks: &[TaskKey]) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Deletes what members not in `live_members` stored for `flow` once nothing of it is the furthest checkpoint
+    /// of a task any more; returns how many members' entries it deleted. Run by the controller. The default (a
+    /// store of one member) has nothing to collect.
+    async fn collect_garbage(&self, _flow: &str, _live_members: &BTreeSet<String>) -> Result<usize, StoreError> {
+        Ok(0)
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests against the dev env's real Kafka clusters (see `scripts/dev-env`).
 
 mod common;
+mod etcd_failover;
 mod failover;
 mod fidelity;
 mod fleet;
