@@ -531,6 +531,46 @@ mod etcd_only {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_opened_read_only_reads_every_shard_and_writes_nothing() {
+        let harness = Harness::etcd("read_only").await;
+        let (t0, t1) = (task("t", 0), task("t", 1));
+        harness.etcd_store("member-a").save("flow", &[(t0.clone(), plain(10))]).await.unwrap();
+        harness.etcd_store("member-b").save("flow", &[(t1.clone(), plain(20))]).await.unwrap();
+        harness.etcd_store("member-b").save_group_offsets("flow", "g", &group(5, &[("t", 1, 7)])).await.unwrap();
+        let prefix = harness.connection().key("").trim_end_matches('/').to_owned();
+        let config = ferry::config::CheckpointConfig {
+            store: ferry::config::StoreKind::Etcd,
+            etcd: Some(etcd_config(endpoints(), prefix.clone())),
+            ..Default::default()
+        };
+        let mut client = harness.connection().client();
+        // etcd's revision is global (other tests write too): compare what lies under this case's prefix.
+        let revision = |response: etcd_client::GetResponse| {
+            let kvs = response.kvs();
+            (kvs.len(), kvs.iter().map(etcd_client::KeyValue::mod_revision).max())
+        };
+        let before = revision(client.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.unwrap());
+
+        let metrics = Metrics::new(false);
+        let reader = ferry::checkpoint::open(&config, ferry::checkpoint::Access::ReadOnly, &metrics).await.unwrap();
+        assert_eq!(
+            reader.store.load("flow").await.unwrap(),
+            BTreeMap::from([(t0.clone(), plain(10)), (t1, plain(20))])
+        );
+        assert_eq!(reader.store.load_group_offsets("flow").await.unwrap()["g"], group(5, &[("t", 1, 7)]));
+        for refused in [
+            reader.store.save("flow", &[(t0.clone(), plain(11))]).await,
+            reader.store.save_group_offsets("flow", "g", &group(6, &[])).await,
+            reader.store.released("flow", &[t0]).await,
+        ] {
+            assert!(matches!(refused, Err(StoreError::ReadOnly { .. })), "{refused:?}");
+        }
+        let after = revision(client.get(prefix, Some(GetOptions::new().with_prefix())).await.unwrap());
+        assert_eq!(before, after, "a read-only store wrote to etcd");
+        harness.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_damaged_chunk_is_reported_with_its_key() {
         let harness = Harness::etcd("damaged_chunk").await;
         let key = harness.connection().key("checkpoints/flow/m9/0000");
