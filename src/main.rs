@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file without connecting to anything.
+    /// Validate a config file without connecting to anything: exit 0 exactly when `run` would accept it.
     CheckConfig {
         /// Config file (YAML).
         #[arg(value_name = "FILE", required_unless_present = "config")]
@@ -50,6 +50,9 @@ enum Command {
         /// Config file, as an alternative to the positional argument.
         #[arg(long, short, conflicts_with = "file")]
         config: Option<PathBuf>,
+        /// Do not read `{ env: VAR }` / `{ file: PATH }` secrets (where the pod's environment is absent, e.g. in CI).
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Show which topics each flow would replicate and what it would change on the targets.
     Plan {
@@ -139,12 +142,29 @@ fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config: path } => {
             let config = Config::load(&path).map_err(config_failure)?;
-            ferry::member::unsupported(&config).map_err(config_failure)?;
-            run(config, path)
+            // The same admission as check-config and hot reload, before anything connects.
+            let admitted = ferry::config::admit(config, ferry::config::SecretCheck::Resolve).map_err(config_failure)?;
+            for warning in &admitted.warnings {
+                warn!("config: {warning}");
+            }
+            run(admitted.config, path)
         }
-        Command::CheckConfig { file, config } => {
+        Command::CheckConfig { file, config, no_secrets } => {
             let path = file.or(config).expect("clap requires one of them");
             let config = Config::load(&path).map_err(config_failure)?;
+            let secrets = if no_secrets {
+                eprintln!(
+                    "note: --no-secrets: secrets were not checked ({{ env }} and {{ file }} values were not read)"
+                );
+                ferry::config::SecretCheck::Skip
+            } else {
+                ferry::config::SecretCheck::Resolve
+            };
+            let ferry::config::Admitted { config, warnings } =
+                ferry::config::admit(config, secrets).map_err(config_failure)?;
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} clusters, {} flows, {} throttles)",
                 path.display(),
