@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file without connecting to anything.
+    /// Validate a config file without connecting to anything: exit 0 exactly when `run` would accept it.
     CheckConfig {
         /// Config file (YAML).
         #[arg(value_name = "FILE", required_unless_present = "config")]
@@ -50,6 +50,9 @@ enum Command {
         /// Config file, as an alternative to the positional argument.
         #[arg(long, short, conflicts_with = "file")]
         config: Option<PathBuf>,
+        /// Do not read `{ env: VAR }` / `{ file: PATH }` secrets (where the pod's environment is absent, e.g. in CI).
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Show which topics each flow would replicate and what it would change on the targets.
     Plan {
@@ -151,12 +154,29 @@ fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config: path } => {
             let config = Config::load(&path).map_err(config_failure)?;
-            ferry::member::unsupported(&config).map_err(config_failure)?;
-            run(config, path)
+            // The same admission as check-config and hot reload, before anything connects.
+            let admitted = ferry::config::admit(config, ferry::config::SecretCheck::Resolve).map_err(config_failure)?;
+            for warning in &admitted.warnings {
+                warn!("config: {warning}");
+            }
+            run(admitted.config, path)
         }
-        Command::CheckConfig { file, config } => {
+        Command::CheckConfig { file, config, no_secrets } => {
             let path = file.or(config).expect("clap requires one of them");
             let config = Config::load(&path).map_err(config_failure)?;
+            let secrets = if no_secrets {
+                eprintln!(
+                    "note: --no-secrets: secrets were not checked ({{ env }} and {{ file }} values were not read)"
+                );
+                ferry::config::SecretCheck::Skip
+            } else {
+                ferry::config::SecretCheck::Resolve
+            };
+            let ferry::config::Admitted { config, warnings } =
+                ferry::config::admit(config, secrets).map_err(config_failure)?;
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} clusters, {} flows, {} throttles)",
                 path.display(),
@@ -166,9 +186,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Plan { config } => plan(Config::load(&config).map_err(config_failure)?),
+        Command::Plan { config } => plan(load_admitted(&config)?),
         Command::Translate { group: GroupArgs { config, flow, group }, format } => {
-            let config = Config::load(&config).map_err(config_failure)?;
+            let config = load_admitted(&config)?;
             let translation = translate_group(&config, &flow, &group)?;
             match format {
                 OutputFormat::Table => print_offsets(&translation),
@@ -179,7 +199,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Failover { group: GroupArgs { config, flow, group }, dry_run, force } => {
-            let config = Config::load(&config).map_err(config_failure)?;
+            let config = load_admitted(&config)?;
             let translation = translate_group(&config, &flow, &group)?;
             print_offsets(&translation);
             if dry_run {
@@ -191,7 +211,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Failback { group: GroupArgs { config, flow, group }, dry_run, force } => {
-            let config = Config::load(&config).map_err(config_failure)?;
+            let config = load_admitted(&config)?;
             let plan = runtime()?
                 .block_on(ferry::failover::failback_plan(&config, &flow, &group))
                 .map_err(failover_failure)?;
@@ -206,6 +226,13 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Status { url } => status(&url),
     }
+}
+
+/// The config at `path`, admitted as `run` admits it: a one-shot command connects with the same clients, so it
+/// refuses the same configs, with the same key paths and without showing a secret.
+fn load_admitted(path: &std::path::Path) -> Result<Config, Failure> {
+    let config = Config::load(path).map_err(config_failure)?;
+    Ok(ferry::config::admit(config, ferry::config::SecretCheck::Resolve).map_err(config_failure)?.config)
 }
 
 fn failover_failure(error: FailoverError) -> Failure {

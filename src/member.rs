@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{AdminError, ClusterAdmin};
 use crate::checkpoint::{self, Access, CheckpointStore, Checkpointer, OpenedStore, StoreError};
-use crate::config::{Config, ConfigError, ConfigProblem, Delivery, FlowConfig, Naming};
+use crate::config::{Config, ConfigError, FlowConfig, Naming};
 use crate::controller::Controller;
 use crate::coordination::{
     new_member_id, read_assignments, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
@@ -276,18 +276,10 @@ impl Member {
     }
 }
 
-/// Refuses, with their key paths, the settings of the config contract that this version does not implement yet,
-/// rather than silently running without them.
+/// Refuses the settings of the config contract this version does not implement: the rule of
+/// [`crate::config::admit`], kept here for callers that start a member without admitting its config first.
 pub fn unsupported(config: &Config) -> Result<(), ConfigError> {
-    let mut problems = Vec::new();
-    for (index, flow) in config.flows.iter().enumerate() {
-        if flow.delivery == Delivery::ExactlyOnce {
-            problems.push(ConfigProblem::new(
-                format!("flows[{index}].delivery"),
-                "exactly-once is not implemented in this version yet; use `at-least-once`",
-            ));
-        }
-    }
+    let problems = crate::config::unimplemented_settings(config);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -494,7 +486,7 @@ async fn apply_reloads(shared: Arc<Shared>, mut reloads: mpsc::Receiver<Reload>,
                 None => return,
             },
         };
-        let Reload { config, change } = reload;
+        let Reload { config, change, .. } = reload;
         let old = shared.config.borrow().clone();
         for path in &change.needs_restart {
             warn!(key = path.as_str(), "this change takes effect only after a restart");

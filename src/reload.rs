@@ -20,7 +20,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{layered, Config, ConfigError, FlowConfig};
+use crate::config::{admit, layered, Admitted, Config, ConfigError, ConfigProblem, FlowConfig, SecretCheck};
 use crate::metrics::Metrics;
 
 /// How often the file is read unless [`ConfigWatcher::with_interval`] says otherwise.
@@ -130,6 +130,8 @@ pub struct Reload {
     pub config: Arc<Config>,
     /// What differs from the config sent before (or started with).
     pub change: ConfigChange,
+    /// The new config's legal but suspicious settings, for the log.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// Polls one config file and sends each valid new version; see the module docs.
@@ -152,7 +154,7 @@ impl ConfigWatcher {
         // Only remembered if it still yields the running config: a file that changed since `current` was loaded must
         // be looked at by the first poll, not taken as already seen.
         if let Ok(bytes) = std::fs::read(&watcher.path) {
-            if watcher.validate(&bytes).is_ok_and(|config| config == *watcher.current) {
+            if watcher.validate(&bytes).is_ok_and(|admitted| admitted.config == *watcher.current) {
                 watcher.last_seen = Some(bytes);
             }
         }
@@ -237,17 +239,16 @@ impl ConfigWatcher {
 
     /// Validates `bytes` as the config file's content: `Ok(None)` when they yield the config already running.
     fn check(&self, bytes: &[u8]) -> Result<Option<Reload>, ConfigError> {
-        let config = self.validate(bytes)?;
+        let Admitted { config, warnings } = self.validate(bytes)?;
         if config == *self.current {
             return Ok(None);
         }
         let change = ConfigChange::between(&self.current, &config);
-        Ok(Some(Reload { config: Arc::new(config), change }))
+        Ok(Some(Reload { config: Arc::new(config), change, warnings }))
     }
 
-    /// The checks `ferry run` makes at start (`Config::load` on these bytes, unsupported settings, secrets), with
-    /// every problem of the last two reported together.
-    fn validate(&self, bytes: &[u8]) -> Result<Config, ConfigError> {
+    /// The checks `ferry run` makes at start: `Config::load` on these bytes, then the same [`admit`].
+    fn validate(&self, bytes: &[u8]) -> Result<Admitted, ConfigError> {
         // The same error `Config::load` gives for a file that is not UTF-8.
         let content = String::from_utf8(bytes.to_vec()).map_err(|error| ConfigError::Read {
             path: self.path.clone(),
@@ -255,18 +256,7 @@ impl ConfigWatcher {
         })?;
         // Layered from the bytes already read rather than through `Config::load`, which would read the file again
         // and could see a newer version than the one compared.
-        let config = Config::from_figment(layered(&self.path, content))?;
-        let mut problems = Vec::new();
-        for checked in [crate::member::unsupported(&config), config.check_secrets()] {
-            if let Err(error) = checked {
-                problems.extend_from_slice(error.problems());
-            }
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        admit(Config::from_figment(layered(&self.path, content))?, SecretCheck::Resolve)
     }
 
     /// Logs a failed read: at debug level first (a symlink swap in progress), with one warning if it lasts.
@@ -307,7 +297,7 @@ impl ConfigWatcher {
                 "config changes that take effect only after a restart"
             );
         }
-        for warning in reload.config.warnings() {
+        for warning in &reload.warnings {
             warn!(file = %self.path.display(), "config: {warning}");
         }
     }
@@ -572,6 +562,52 @@ throttles:
                 Err(error) => assert!(error.to_string().starts_with("flows[0].delivery: exactly-once"), "{error}"),
                 Ok(reload) => panic!("exactly-once accepted: {reload:?}"),
             }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_and_client_properties_are_checked_like_at_start() {
+        isolated_env(async {
+            let map = ConfigMap::new(BASE);
+            let (watcher, _) = watcher(&map);
+            let bad = BASE.replace(
+                "region: us-east }",
+                "region: us-east, client: { linger.mss: 5, sasl.password: { env: TEST_FERRY_RELOAD_UNSET } } }",
+            );
+            let error = match watcher.check(bad.as_bytes()) {
+                Err(error) => error,
+                Ok(reload) => panic!("unknown property and unset secret accepted: {reload:?}"),
+            };
+            let lines: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+            assert_eq!(
+                lines,
+                [
+                    "clusters.us-east.client.linger.mss: rejected by librdkafka: No such configuration property: \
+                     \"linger.mss\"",
+                    "clusters.us-east.client.sasl.password: environment variable TEST_FERRY_RELOAD_UNSET is not set",
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn a_reload_carries_the_warnings_of_its_config() {
+        let map = ConfigMap::new(BASE);
+        let watcher = ConfigWatcher::new(map.path(), Arc::new(parse(BASE)), Metrics::new(false));
+        Jail::expect_with(|jail| {
+            scrub_ferry_env(jail);
+            let copy = GROWN.replace(
+                "payments\n    source: us-east\n    target: eu-west",
+                "payments\n    source: us-east\n    target: us-east",
+            );
+            let reload = match watcher.check(copy.as_bytes()) {
+                Ok(Some(reload)) => reload,
+                other => panic!("expected a reload, got {other:?}"),
+            };
+            let warnings: Vec<String> = reload.warnings.iter().map(ToString::to_string).collect();
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].starts_with("flows[1]: source and target are both \"us-east\""), "{warnings:?}");
+            Ok(())
         });
     }
 

@@ -9,20 +9,13 @@ use std::time::{Duration, Instant};
 
 const REPLICATORS: [&str; 3] = ["ferry", "mm2", "raw"];
 
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the benchmark smoke test needs the real test environment. Start it with \
-             `eval \"$(scripts/dev-env up)\"` (or run the whole suite with `scripts/test`)."
-        )
-    })
-}
+#[macro_use]
+#[path = "support/dev_env.rs"]
+mod dev_env;
 
 #[test]
 fn the_benchmark_script_runs_every_replicator_and_writes_a_well_formed_table() {
-    for name in ["FERRY_TEST_SOURCE_BOOTSTRAP", "FERRY_TEST_TARGET_BOOTSTRAP", "FERRY_TEST_KAFKA_LIB"] {
-        required(name);
-    }
+    dev_env_vars!("FERRY_TEST_SOURCE_BOOTSTRAP", "FERRY_TEST_TARGET_BOOTSTRAP", "FERRY_TEST_KAFKA_LIB");
     let out = tempfile::tempdir().unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench");
     let mut child = Command::new(script)

@@ -328,8 +328,17 @@ fn config_is_mounted_at_etc_ferry_from_the_configmap_and_passes_check_config() {
         let (text, config) = rendered_config(&docs);
         assert!(config["flows"].is_array(), "{name}: the config has flows:\n{text}");
 
-        // ferry itself accepts the rendered config (the chart's checkpoint section included).
+        // ferry itself accepts the rendered config (the chart's checkpoint section included), given what the pod
+        // would have: the etcd TLS files check-config reads (here under the temporary directory; their content does
+        // not matter) and the variables below.
         let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("etcd-tls");
+        std::fs::create_dir(&tls_dir).unwrap();
+        for (_, file) in config["checkpoint"]["etcd"]["tls"].as_object().into_iter().flatten() {
+            let name = file.as_str().unwrap().strip_prefix("/etc/ferry/etcd-tls/").expect("TLS files in the mount");
+            std::fs::write(tls_dir.join(name), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        }
+        let text = text.replace("/etc/ferry/etcd-tls/", &format!("{}/", tls_dir.display()));
         let path = dir.path().join("ferry.yaml");
         std::fs::write(&path, &text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))

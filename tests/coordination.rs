@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+#[macro_use]
+#[path = "support/dev_env.rs"]
+mod dev_env;
+
 use etcd_client::{Txn, TxnOp};
 use ferry::config::EtcdConfig;
 use ferry::coordination::{MemberInfo, LEADER_KEY};
@@ -11,10 +15,7 @@ use ferry::etcd::Etcd;
 use ferry::membership::{live_members, Membership};
 use ferry::metrics::Metrics;
 
-async fn etcd(prefix: &str) -> Etcd {
-    let endpoint = std::env::var("FERRY_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| {
-        panic!("FERRY_TEST_ETCD_ENDPOINTS is not set: start the test environment with `eval \"$(scripts/dev-env up)\"`")
-    });
+async fn etcd(endpoint: &str, prefix: &str) -> Etcd {
     let config: EtcdConfig =
         serde_json::from_value(serde_json::json!({ "endpoints": [endpoint], "prefix": prefix })).unwrap();
     Etcd::connect(&config, &Metrics::new(false)).await.unwrap()
@@ -32,7 +33,8 @@ fn unique_prefix(name: &str) -> String {
 #[tokio::test]
 async fn a_deposed_leaders_guarded_write_is_refused() {
     let prefix = unique_prefix("deposed");
-    let etcd = etcd(&prefix).await;
+    let [endpoint] = dev_env_vars!("FERRY_TEST_ETCD_ENDPOINTS");
+    let etcd = etcd(&endpoint, &prefix).await;
     let first = Membership::join(&etcd, &info("first"), Duration::from_secs(30)).await.unwrap();
     let second = Membership::join(&etcd, &info("second"), Duration::from_secs(30)).await.unwrap();
     assert_eq!(live_members(&etcd).await.unwrap().len(), 2);
@@ -67,7 +69,8 @@ async fn a_deposed_leaders_guarded_write_is_refused() {
 async fn a_lost_lease_ends_the_membership() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let prefix = unique_prefix("lease");
-    let etcd = etcd(&prefix).await;
+    let [endpoint] = dev_env_vars!("FERRY_TEST_ETCD_ENDPOINTS");
+    let etcd = etcd(&endpoint, &prefix).await;
     let member = Membership::join(&etcd, &info("short-lived"), Duration::from_secs(2)).await.unwrap();
     let lost = tokio_util::sync::CancellationToken::new();
     let shutdown = tokio_util::sync::CancellationToken::new();

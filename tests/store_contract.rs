@@ -19,14 +19,18 @@ use ferry::metrics::Metrics;
 use ferry::progress::{Position, SyncPoint, MAX_SYNC_POINTS};
 use futures::FutureExt;
 
+#[macro_use]
+#[path = "support/dev_env.rs"]
+mod dev_env;
+
 /// The member id the contract's stores write as.
 const MEMBER: &str = "m1";
 
 /// Where a store under test keeps its data; [`Harness::open`] builds a new store instance over the same data.
 enum Harness {
     File(tempfile::TempDir),
-    /// Boxed: the connection carries the member's whole metrics registry.
-    Etcd(Box<Etcd>),
+    /// Boxed: the connection carries the member's whole metrics registry. With the endpoints it was made for.
+    Etcd(Box<Etcd>, Vec<String>),
 }
 
 impl Harness {
@@ -34,19 +38,22 @@ impl Harness {
         Self::File(tempfile::tempdir().expect("temporary directory"))
     }
 
-    /// A connection to the dev env's etcd under `/ferry-test/<test>-<pid>-<nanos>`.
-    async fn etcd(test: &str) -> Self {
+    /// A connection to the dev env's etcd under `/ferry-test/<test>-<pid>-<nanos>`; `None` (the test is skipped,
+    /// see `tests/support/dev_env.rs`) when the dev env is not up.
+    async fn etcd(test: &str) -> Option<Self> {
+        let [endpoints] = dev_env::vars(test, ["FERRY_TEST_ETCD_ENDPOINTS"])?;
+        let endpoints: Vec<String> = endpoints.split(',').map(str::to_owned).collect();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let prefix = format!("/ferry-test/{test}-{}-{nanos}", std::process::id());
         let metrics = Metrics::new(false);
-        let etcd = Etcd::connect(&etcd_config(endpoints(), prefix), &metrics).await.expect("etcd client");
-        Self::Etcd(Box::new(etcd))
+        let etcd = Etcd::connect(&etcd_config(endpoints.clone(), prefix), &metrics).await.expect("etcd client");
+        Some(Self::Etcd(Box::new(etcd), endpoints))
     }
 
     async fn open(&self) -> Arc<dyn CheckpointStore> {
         match self {
             Self::File(dir) => Arc::new(FileStore::open(dir.path()).expect("file store")),
-            Self::Etcd(_) => Arc::new(self.etcd_store(MEMBER)),
+            Self::Etcd(..) => Arc::new(self.etcd_store(MEMBER)),
         }
     }
 
@@ -56,7 +63,15 @@ impl Harness {
 
     fn connection(&self) -> &Etcd {
         match self {
-            Self::Etcd(etcd) => etcd,
+            Self::Etcd(etcd, _) => etcd,
+            Self::File(_) => panic!("an etcd-only case got the file store"),
+        }
+    }
+
+    /// The etcd endpoints of the connection.
+    fn endpoints(&self) -> &[String] {
+        match self {
+            Self::Etcd(_, endpoints) => endpoints,
             Self::File(_) => panic!("an etcd-only case got the file store"),
         }
     }
@@ -68,21 +83,11 @@ impl Harness {
 
     /// Removes what the case wrote (the temporary directory goes with the harness).
     async fn cleanup(self) {
-        if let Self::Etcd(etcd) = self {
+        if let Self::Etcd(etcd, _) = self {
             let mut client = etcd.client();
             client.delete(etcd.key(""), Some(DeleteOptions::new().with_prefix())).await.expect("delete test prefix");
         }
     }
-}
-
-fn endpoints() -> Vec<String> {
-    let endpoints = std::env::var("FERRY_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| {
-        panic!(
-            "FERRY_TEST_ETCD_ENDPOINTS is not set: the etcd checkpoint store tests need the dev env's real etcd. \
-             Start it with `eval \"$(scripts/dev-env up)\"` first (or run the whole suite with `scripts/test`)."
-        )
-    });
-    endpoints.split(',').map(str::to_owned).collect()
 }
 
 fn etcd_config(endpoints: Vec<String>, prefix: String) -> EtcdConfig {
@@ -288,7 +293,9 @@ macro_rules! contract {
             $(
                 #[tokio::test(flavor = "multi_thread")]
                 async fn $case() {
-                    super::$case(super::Harness::etcd(stringify!($case)).await).await;
+                    if let Some(harness) = super::Harness::etcd(stringify!($case)).await {
+                        super::$case(harness).await;
+                    }
                 }
             )*
         }
@@ -336,7 +343,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn members_saving_one_task_load_the_furthest() {
-        let harness = Harness::etcd("members_saving_one_task").await;
+        let Some(harness) = Harness::etcd("members_saving_one_task").await else { return };
         let (a, b) = (harness.etcd_store("member-a"), harness.etcd_store("member-b"));
         let (t0, t1, t2) = (task("t", 0), task("t", 1), task("t", 2));
         a.save("flow", &[(t0.clone(), written_at(plain(100), 1)), (t1.clone(), plain(50))]).await.unwrap();
@@ -354,7 +361,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn ten_thousand_tasks_cost_at_most_two_transactions() {
-        let harness = Harness::etcd("batching").await;
+        let Some(harness) = Harness::etcd("batching").await else { return };
         let store = harness.etcd_store(MEMBER);
         let mut tasks = ten_thousand(1_000_000);
         let (saves, loads) = (harness.requests("checkpoint_save"), harness.requests("checkpoint_load"));
@@ -388,7 +395,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn many_keys_are_read_in_pages() {
-        let harness = Harness::etcd("many_keys").await;
+        let Some(harness) = Harness::etcd("many_keys").await else { return };
         // 40 members' shards and 40 groups: more keys than one page of a ranged read holds.
         let mut expected = BTreeMap::new();
         for n in 0..40 {
@@ -415,7 +422,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn growing_entries_move_between_chunks_without_losing_any() {
-        let harness = Harness::etcd("growing_entries").await;
+        let Some(harness) = Harness::etcd("growing_entries").await else { return };
         let store = harness.etcd_store(MEMBER);
         let small: BTreeMap<TaskKey, Checkpoint> = (0..300).map(|n| (task("t", n), plain(10))).collect();
         store.save("flow", &batch(&small)).await.unwrap();
@@ -446,7 +453,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn released_entries_go_after_the_retention_once_another_member_holds_them() {
-        let harness = Harness::etcd("released").await;
+        let Some(harness) = Harness::etcd("released").await else { return };
         let retention = Duration::from_millis(300);
         let a = harness.etcd_store("member-a").with_released_retention(retention);
         let b = harness.etcd_store("member-b");
@@ -486,7 +493,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn garbage_collection_deletes_only_dominated_shards_of_dead_members() {
-        let harness = Harness::etcd("garbage").await;
+        let Some(harness) = Harness::etcd("garbage").await else { return };
         let live = harness.etcd_store("live");
         let bulk: Vec<(TaskKey, Checkpoint)> = (0..3_000).map(|n| (task("bulk", n), plain(20))).collect();
         let (t0, t1, t2, t9) = (task("t", 0), task("t", 1), task("t", 2), task("t", 9));
@@ -532,7 +539,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_store_opened_read_only_reads_every_shard_and_writes_nothing() {
-        let harness = Harness::etcd("read_only").await;
+        let Some(harness) = Harness::etcd("read_only").await else { return };
         let (t0, t1) = (task("t", 0), task("t", 1));
         harness.etcd_store("member-a").save("flow", &[(t0.clone(), plain(10))]).await.unwrap();
         harness.etcd_store("member-b").save("flow", &[(t1.clone(), plain(20))]).await.unwrap();
@@ -540,7 +547,7 @@ mod etcd_only {
         let prefix = harness.connection().key("").trim_end_matches('/').to_owned();
         let config = ferry::config::CheckpointConfig {
             store: ferry::config::StoreKind::Etcd,
-            etcd: Some(etcd_config(endpoints(), prefix.clone())),
+            etcd: Some(etcd_config(harness.endpoints().to_vec(), prefix.clone())),
             ..Default::default()
         };
         let mut client = harness.connection().client();
@@ -572,7 +579,7 @@ mod etcd_only {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_damaged_chunk_is_reported_with_its_key() {
-        let harness = Harness::etcd("damaged_chunk").await;
+        let Some(harness) = Harness::etcd("damaged_chunk").await else { return };
         let key = harness.connection().key("checkpoints/flow/m9/0000");
         harness.connection().client().put(key.clone(), "{not json", None).await.unwrap();
         let error = harness.etcd_store(MEMBER).load("flow").await.unwrap_err();

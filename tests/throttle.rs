@@ -1,10 +1,15 @@
 //! The fleet-wide throttle: a budget split among three members holds the aggregate rate on the target, and a
 //! hot-reloaded budget takes effect. A binary of its own so no other test competes for the CPU while it measures.
 
+#[macro_use]
+#[path = "support/dev_env.rs"]
+mod dev_env;
 #[allow(dead_code)]
+#[macro_use]
 #[path = "e2e/common.rs"]
 mod common;
 #[allow(dead_code)]
+#[macro_use]
 #[path = "e2e/fleet_support.rs"]
 mod fleet_support;
 
@@ -101,8 +106,8 @@ impl TargetCounter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_wide_throttle_is_split_among_members_and_follows_a_reload() {
-    let env = env();
-    let etcd = etcd_endpoint();
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
     const PARTITIONS: i32 = 6;
     const MIB: f64 = 1024.0 * 1024.0;
     let (topic, flow, prefix) = (unique("throttle"), unique("throttle"), format!("/{}", unique("ferry-throttle")));

@@ -4,12 +4,15 @@
 //! Invariant: a [`Config`] returned by [`Config::load`] or [`Config::from_figment`] has passed every check in
 //! `validate.rs` (clusters referenced by flows exist, regexes compile, names are unique, no identity-naming loop,
 //! intervals and rates are non-zero, etcd is configured when chosen); anything else was reported as a
-//! [`ConfigError`] listing *all* problems, each at its key path (`flows[1].topics.include[0]`).
+//! [`ConfigError`] listing *all* problems, each at its key path (`flows[1].topics.include[0]`). Whether ferry *runs*
+//! a config is decided after that by [`admit`], the same for `ferry run`, `ferry check-config` and hot reload.
 //!
 //! Layout: `units` (durations, sizes, rates), `yaml` (the figment YAML format), `secret` (client values and
 //! redaction), `cluster`, `checkpoint`, `flow` and `filter` (the sections), `load` (layering and extraction),
-//! `validate` (cross-field rules), `error` (errors and key paths).
+//! `validate` (cross-field rules), `error` (errors and key paths), `admit` (what `run` refuses beyond that: secrets,
+//! TLS files, librdkafka properties, unimplemented settings).
 
+mod admit;
 mod checkpoint;
 mod cluster;
 mod error;
@@ -31,6 +34,7 @@ use std::path::Path;
 use figment::Figment;
 use serde::Deserialize;
 
+pub use self::admit::{admit, unimplemented_settings, Admitted, SecretCheck};
 pub use self::checkpoint::{CheckpointConfig, EtcdConfig, EtcdTls, StoreKind};
 pub use self::cluster::ClusterConfig;
 pub use self::error::{render_path, ConfigError, ConfigProblem};
@@ -149,26 +153,6 @@ impl Config {
     /// Legal but suspicious settings, for the caller to log (e.g. a flow whose source and target are one cluster).
     pub fn warnings(&self) -> Vec<ConfigProblem> {
         validate::warnings(self)
-    }
-
-    /// Reads every `env`/`file` secret once (for `ferry check-config`), reporting all that fail.
-    pub fn check_secrets(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        for (alias, cluster) in &self.clusters {
-            if let Err(e) = cluster.client_properties(alias) {
-                problems.extend_from_slice(e.problems());
-            }
-        }
-        if let Some(etcd) = &self.checkpoint.etcd {
-            if let Err(e) = etcd.resolve_password() {
-                problems.extend_from_slice(e.problems());
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
     }
 
     /// The region a cluster belongs to: its `region`, or its alias when none is set (or the alias is unknown).

@@ -25,21 +25,13 @@ pub struct TestEnv {
     pub kafka_lib: String,
 }
 
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the end-to-end tests need the real test environment. Start it with \
-             `eval \"$(scripts/dev-env up)\"` (or run the whole suite with `scripts/test`)."
-        )
-    })
-}
-
-pub fn env() -> TestEnv {
-    TestEnv {
-        source: required("FERRY_TEST_SOURCE_BOOTSTRAP"),
-        target: required("FERRY_TEST_TARGET_BOOTSTRAP"),
-        kafka_lib: required("FERRY_TEST_KAFKA_LIB"),
-    }
+/// The dev env of the calling test, or returns from it after saying it is skipped (see `tests/support/dev_env.rs`).
+macro_rules! test_env {
+    () => {{
+        let [source, target, kafka_lib] =
+            dev_env_vars!("FERRY_TEST_SOURCE_BOOTSTRAP", "FERRY_TEST_TARGET_BOOTSTRAP", "FERRY_TEST_KAFKA_LIB");
+        crate::common::TestEnv { source, target, kafka_lib }
+    }};
 }
 
 /// A name no other test (or earlier run) uses.

@@ -102,8 +102,8 @@ fn ids_from_committed(bootstrap: &str, group: &str, topic: &str, partition: i32)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_fails_over_and_back_through_a_fleet_on_etcd_with_nothing_redelivered_or_skipped() {
-    let env = env();
-    let etcd = etcd_endpoint();
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
     const ORDERS_PARTITIONS: i32 = 3;
     const PAYMENTS_PARTITIONS: i32 = 2;
     let (orders, payments) = (unique("orders"), unique("payments"));
@@ -207,8 +207,8 @@ async fn a_group_fails_over_and_back_through_a_fleet_on_etcd_with_nothing_redeli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_source_cluster_stopped_failover_uses_the_offsets_the_fleet_synced_into_etcd() {
-    let env = env();
-    let etcd = etcd_endpoint();
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
     let source = KafkaNode::new(&env);
     source.start();
     let (topic, flow, groups) = (unique("synced"), unique("synced"), unique("app"));

@@ -54,7 +54,7 @@ async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_exact_on_a_compacted_topic() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("compacted");
     let flow = unique("cmp");
     let state = tempfile::tempdir().unwrap();
@@ -118,7 +118,7 @@ async fn failover_is_exact_on_a_compacted_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-    let env = env();
+    let env = test_env!();
     let topic = unique("transactional");
     let flow = unique("txn");
     let state = tempfile::tempdir().unwrap();
@@ -174,7 +174,7 @@ async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("failover");
     let flow = unique("fo");
     let group = unique("billing");

@@ -10,7 +10,7 @@ const PER_PARTITION: u64 = 8_500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_field_by_field_in_order() {
-    let env = env();
+    let env = test_env!();
     let base = unique("fidelity");
     let state = tempfile::tempdir().unwrap();
     let producer = producer(&env.source);

@@ -11,8 +11,8 @@ use crate::fleet_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss() {
-    let env = env();
-    let etcd = etcd_endpoint();
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
     let started_at = current_revision(&etcd).await;
     const PARTITIONS: i32 = 12;
     let (topic, flow, prefix) = (unique("fleet"), unique("fleet"), format!("/{}", unique("ferry-fleet")));
@@ -90,8 +90,8 @@ async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice() {
-    let env = env();
-    let etcd = etcd_endpoint();
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
     let started_at = current_revision(&etcd).await;
     const PARTITIONS: i32 = 12;
     let (topic, flow, prefix) = (unique("join"), unique("join"), format!("/{}", unique("ferry-join")));
@@ -151,8 +151,8 @@ async fn a_joining_member_takes_a_third_of_the_tasks_and_no_task_is_owned_twice(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_frozen_past_its_lease_stops_its_tasks_and_rejoins() {
-    let env = env();
-    let etcd = etcd_endpoint();
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
     let started_at = current_revision(&etcd).await;
     const PARTITIONS: i32 = 6;
     let (topic, flow, prefix) = (unique("frozen"), unique("frozen"), format!("/{}", unique("ferry-frozen")));
@@ -255,7 +255,7 @@ async fn stored_offsets(endpoint: &str, prefix: &str, flow: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_continues_while_etcd_is_stopped_for_30_s() {
-    let env = env();
+    let env = test_env!();
     let mut etcd = EtcdNode::start_new();
     const PARTITIONS: i32 = 4;
     let (topic, flow, prefix) = (unique("etcd-down"), unique("etcd-down"), "/ferry-etcd-down".to_owned());

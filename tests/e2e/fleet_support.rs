@@ -12,10 +12,12 @@ use crate::common::*;
 /// Member lease TTL in these tests; the bound for moving a crashed member's tasks is TTL + 5 s.
 pub const TTL_SECONDS: u64 = 5;
 
-pub fn etcd_endpoint() -> String {
-    std::env::var("FERRY_TEST_ETCD_ENDPOINTS").unwrap_or_else(|_| {
-        panic!("FERRY_TEST_ETCD_ENDPOINTS is not set: start the test environment with `eval \"$(scripts/dev-env up)\"`")
-    })
+/// The dev env's etcd endpoint, or returns from the calling test after saying it is skipped.
+macro_rules! etcd_endpoint {
+    () => {{
+        let [endpoint] = dev_env_vars!("FERRY_TEST_ETCD_ENDPOINTS");
+        endpoint
+    }};
 }
 
 /// A fleet config: one flow of `include`, checkpoints in etcd under `prefix`, and `extra` appended (throttles).

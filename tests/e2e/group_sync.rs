@@ -9,7 +9,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
-    let env = env();
+    let env = test_env!();
     let source = KafkaNode::new(&env);
     source.start();
     let topic = unique("groups");

@@ -1,11 +1,16 @@
 //! End-to-end tests against the dev env's real Kafka clusters (see `scripts/dev-env`).
 
+#[macro_use]
+#[path = "../support/dev_env.rs"]
+mod dev_env;
+#[macro_use]
 mod common;
+#[macro_use]
+mod fleet_support;
 mod etcd_failover;
 mod failover;
 mod fidelity;
 mod fleet;
-mod fleet_support;
 mod group_sync;
 mod metrics_scrape;
 mod mm2_checkpoints;

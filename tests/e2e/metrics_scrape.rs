@@ -30,7 +30,7 @@ fn exported(exposition: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_of_the_dashboards_and_alerts_is_scraped() {
-    let env = env();
+    let env = test_env!();
     let base = unique("scrape");
     let state = tempfile::tempdir().unwrap();
     let topic = format!("{base}.orders");

@@ -8,7 +8,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrormaker_tooling_reads_ferrys_checkpoints() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("mm2ckpt");
     let flow = unique("mm2");
     let group = unique("mm2-reader");

@@ -10,7 +10,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("oversize");
     let flow = unique("ovs");
     let state = tempfile::tempdir().unwrap();
@@ -45,7 +45,7 @@ async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
 /// checkpoint stay before the refused record, and once the limit is lifted it and everything after it arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_after_a_record_the_target_broker_refused_do_not_move_the_position() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("refused");
     let flow = unique("ref");
     let state = tempfile::tempdir().unwrap();

@@ -58,7 +58,7 @@ fn config(env: &TestEnv, state: &Path, flows: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_swap_adds_and_removes_flows_and_an_invalid_one_is_ignored() {
-    let env = env();
+    let env = test_env!();
     let state = tempfile::tempdir().unwrap();
     let (topic_a, topic_b) = (unique("reload-a"), unique("reload-b"));
     let (flow_a, flow_b) = (unique("ra"), unique("rb"));

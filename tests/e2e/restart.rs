@@ -10,7 +10,7 @@ const PER_PARTITION: u64 = 30_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_then_restart_loses_nothing_and_counts_duplicates() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("restart");
     let flow = unique("rst");
     let state = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_and_partitions_added_at_runtime_are_replicated() {
-    let env = env();
+    let env = test_env!();
     let base = unique("rt");
     let flow = unique("rtf");
     let state = tempfile::tempdir().unwrap();

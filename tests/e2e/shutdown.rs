@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_writes_the_final_checkpoint_and_exits_zero() {
-    let env = env();
+    let env = test_env!();
     let topic = unique("term");
     let flow = unique("trm");
     let state = tempfile::tempdir().unwrap();

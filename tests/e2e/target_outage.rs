@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_out_a_target_outage_and_arrive_once() {
-    let env = env();
+    let env = test_env!();
     // A target of its own, so stopping it does not disturb the other tests.
     let node = KafkaNode::new(&env);
     node.start();

@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_starts_when_an_unreachable_source_comes_up() {
-    let env = env();
+    let env = test_env!();
     let node = KafkaNode::new(&env);
     let late_source = node.bootstrap();
     let flow = unique("late");
