@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, error, info, warn};
 
 use crate::config::ClusterConfig;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Timeout for one metadata or admin request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

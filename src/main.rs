@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use ferry::config::Config;
-use ferry::failover::{FailbackPlan, FailoverError, GroupTranslation, PartitionOffsets};
-use ferry::telemetry::{self, LogFormat};
+use ferry::offsets::failover::{FailbackPlan, FailoverError, GroupTranslation, PartitionOffsets};
+use ferry::ops::telemetry::{self, LogFormat};
 
 /// jemalloc serves every allocation in the process, librdkafka's included (the crate's unprefixed `malloc`):
 /// records are allocated on one thread and freed on another, which glibc's allocator makes slow (ADR 15).
@@ -206,21 +206,22 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 println!("dry run: nothing committed");
                 return Ok(());
             }
-            let committed = ferry::failover::commit_on_target(&config, &flow, &group, &translation.rows, force)?;
+            let committed =
+                ferry::offsets::failover::commit_on_target(&config, &flow, &group, &translation.rows, force)?;
             println!("committed {committed} offsets for group {group}");
             Ok(())
         }
         Command::Failback { group: GroupArgs { config, flow, group }, dry_run, force } => {
             let config = load_admitted(&config)?;
             let plan = runtime()?
-                .block_on(ferry::failover::failback_plan(&config, &flow, &group))
+                .block_on(ferry::offsets::failover::failback_plan(&config, &flow, &group))
                 .map_err(failover_failure)?;
             print_failback(&flow, &plan);
             if dry_run {
                 println!("dry run: nothing committed");
                 return Ok(());
             }
-            let committed = ferry::failover::commit_failback(&config, &flow, &group, &plan, force)?;
+            let committed = ferry::offsets::failover::commit_failback(&config, &flow, &group, &plan, force)?;
             println!("committed {committed} offsets for group {group}");
             Ok(())
         }
@@ -243,12 +244,12 @@ fn failover_failure(error: FailoverError) -> Failure {
 }
 
 fn translate_group(config: &Config, flow: &str, group: &str) -> Result<GroupTranslation, Failure> {
-    runtime()?.block_on(ferry::failover::translate_group(config, flow, group)).map_err(failover_failure)
+    runtime()?.block_on(ferry::offsets::failover::translate_group(config, flow, group)).map_err(failover_failure)
 }
 
 fn print_offsets(translation: &GroupTranslation) {
     if let Some(synced_at_ms) = translation.synced_at_ms {
-        let age = (ferry::checkpoint::now_ms() - synced_at_ms).max(0) as f64 / 1000.0;
+        let age = (ferry::clock::now_ms() - synced_at_ms).max(0) as f64 / 1000.0;
         println!("source cluster unreachable: using the group offsets ferry synced {age:.0} s ago");
     }
     print_rows(&translation.rows);
@@ -328,10 +329,10 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 fn plan(config: Config) -> Result<(), Failure> {
-    use ferry::admin::ClusterAdmin;
-    use ferry::discovery::FlowTopics;
+    use ferry::topics::admin::ClusterAdmin;
+    use ferry::topics::discovery::FlowTopics;
     runtime()?.block_on(async move {
-        let metrics = ferry::metrics::Metrics::new(false);
+        let metrics = ferry::ops::metrics::Metrics::new(false);
         let mut admins: BTreeMap<String, ClusterAdmin> = BTreeMap::new();
         for flow in &config.flows {
             for alias in [&flow.source, &flow.target] {
@@ -343,7 +344,7 @@ fn plan(config: Config) -> Result<(), Failure> {
             let source = &admins[&flow.source];
             let target = &admins[&flow.target];
             let pairs = flow_topics.matching(&source.topics().await?);
-            let actions = ferry::topic_sync::plan_against(source, target, &pairs).await?;
+            let actions = ferry::topics::sync::plan_against(source, target, &pairs).await?;
             println!("flow {} ({} -> {}): {} topics", flow.name, flow.source, flow.target, pairs.len());
             for pair in &pairs {
                 println!("  {} -> {} ({} partitions)", pair.source, pair.target, pair.partitions);
@@ -421,7 +422,7 @@ fn status(url: &str) -> Result<(), Failure> {
 }
 
 /// One member's `/status`; `url` may omit the scheme (members advertise `host:port`).
-fn fetch_status(url: &str) -> Result<ferry::http::Status, Failure> {
+fn fetch_status(url: &str) -> Result<ferry::ops::http::Status, Failure> {
     let base = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
     let endpoint = format!("{}/status", base.trim_end_matches('/'));
     let response = ureq::get(&endpoint).timeout(std::time::Duration::from_secs(5)).call();

@@ -9,11 +9,11 @@ mod dev_env;
 
 use etcd_client::{Txn, TxnOp};
 use ferry::config::EtcdConfig;
+use ferry::coordination::election::campaign_and_observe;
+use ferry::coordination::etcd::Etcd;
+use ferry::coordination::membership::{live_members, Membership};
 use ferry::coordination::{MemberInfo, LEADER_KEY};
-use ferry::election::campaign_and_observe;
-use ferry::etcd::Etcd;
-use ferry::membership::{live_members, Membership};
-use ferry::metrics::Metrics;
+use ferry::ops::metrics::Metrics;
 
 async fn etcd(endpoint: &str, prefix: &str) -> Etcd {
     let config: EtcdConfig =

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use ferry::metrics::Metrics;
+use ferry::ops::metrics::Metrics;
 use metric_names::{family, mentioned, queries, selectors, PROMETHEUS_BUILTINS};
 
 /// Files whose metric names must all exist: the dashboards and the chart's copy of the rules.
@@ -48,7 +48,7 @@ fn dashboards_and_alerts_use_only_registered_metrics() {
         let unknown = unknown_metrics(file, &text, &registered);
         assert!(
             unknown.is_empty(),
-            "{file} uses metrics ferry does not register: {unknown:?}\nregistered (src/metrics.rs): {registered:?}\n\
+            "{file} uses metrics ferry does not register: {unknown:?}\nregistered (src/ops/metrics.rs): {registered:?}\n\
              Prometheus built-ins allowed in queries: {PROMETHEUS_BUILTINS:?}"
         );
     }

@@ -14,9 +14,9 @@ use ferry::checkpoint::{
     Checkpoint, CheckpointStore, EtcdStore, FileStore, GroupOffsets, StoreError, SyncedOffset, TaskKey,
 };
 use ferry::config::EtcdConfig;
-use ferry::etcd::{Etcd, REQUEST_TIMEOUT};
-use ferry::metrics::Metrics;
-use ferry::progress::{Position, SyncPoint, MAX_SYNC_POINTS};
+use ferry::coordination::etcd::{Etcd, REQUEST_TIMEOUT};
+use ferry::ops::metrics::Metrics;
+use ferry::replication::progress::{Position, SyncPoint, MAX_SYNC_POINTS};
 use futures::FutureExt;
 
 #[macro_use]

@@ -9,7 +9,7 @@
 //! - `<prefix>/groups/<flow>/<group>`: JSON of one group's [`GroupOffsets`].
 //!
 //! Invariant: no stored entry is ahead of what the target acknowledged (each is a snapshot of a
-//! [`crate::progress::Position`]), and positions only move forward, so for every task the entry with the greatest
+//! [`crate::replication::progress::Position`]), and positions only move forward, so for every task the entry with the greatest
 //! next source offset is the newest; any other is older and could only cause duplicates, never loss. Hence a load
 //! takes the furthest entry over all members' shards, and an entry is removed (a released task, a dead member's
 //! shard) only by a transaction guarded on the exact revisions of the chunks that hold an entry at least as far for
@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::{Checkpoint, CheckpointStore, GroupOffsets, StoreError, TaskKey};
-use crate::etcd::Etcd;
+use crate::coordination::etcd::Etcd;
 
 const FORMAT_VERSION: u32 = 1;
 /// Target size of a chunk's value: 10,000 plain checkpoints fit in about six, and four fit one transaction.
@@ -873,7 +873,7 @@ fn decode_segment(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::Position;
+    use crate::replication::progress::Position;
 
     fn key(partition: i32) -> TaskKey {
         TaskKey { topic: "orders".into(), partition }

@@ -191,7 +191,7 @@ impl CheckpointStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::Position;
+    use crate::replication::progress::Position;
 
     fn checkpoint(next: i64) -> Checkpoint {
         let mut position = Position::starting_at(0);

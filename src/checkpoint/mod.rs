@@ -2,7 +2,7 @@
 //! checkpointer that writes it in batches.
 //!
 //! Invariant: a stored checkpoint never claims more than the target acknowledged, because it is always a
-//! snapshot of a [`crate::progress::Position`].
+//! snapshot of a [`crate::replication::progress::Position`].
 
 mod etcd;
 mod file;
@@ -19,7 +19,7 @@ pub use file::FileStore;
 pub use open::{location, open, Access, OpenedStore};
 pub use writer::Checkpointer;
 
-use crate::progress::Position;
+use crate::replication::progress::{Position, TaskId};
 
 /// A task inside one flow: source topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -28,6 +28,20 @@ pub struct TaskKey {
     pub topic: String,
     /// Source partition.
     pub partition: i32,
+}
+
+impl From<&TaskId> for TaskKey {
+    /// The store's key of a task: its flow is the store's namespace, so only topic and partition remain.
+    fn from(id: &TaskId) -> Self {
+        TaskKey { topic: id.topic.to_string(), partition: id.partition }
+    }
+}
+
+impl TaskKey {
+    /// The task of `flow` this key names.
+    pub fn task_id(&self, flow: &str) -> TaskId {
+        TaskId::new(flow, &self.topic, self.partition)
+    }
 }
 
 /// A task's checkpoint as stored.
@@ -61,7 +75,7 @@ pub enum StoreError {
     },
     /// etcd failed or did not answer in time; the request may be retried.
     #[error(transparent)]
-    Etcd(#[from] crate::etcd::EtcdError),
+    Etcd(#[from] crate::coordination::etcd::EtcdError),
     /// The store was opened read-only (a one-shot command) and was asked to write.
     #[error("{location} is open read-only: cannot {operation}")]
     ReadOnly {
@@ -134,11 +148,4 @@ pub struct SyncedOffset {
     /// Records a group resuming there may see again (thinned-out sync points), at most.
     #[serde(default)]
     pub may_redeliver: i64,
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
 }

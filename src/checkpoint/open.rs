@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use super::{Checkpoint, CheckpointStore, EtcdStore, FileStore, GroupOffsets, StoreError, TaskKey};
 use crate::config::{CheckpointConfig, StoreKind};
-use crate::etcd::Etcd;
-use crate::metrics::Metrics;
+use crate::coordination::etcd::Etcd;
+use crate::ops::metrics::Metrics;
 
 /// What the opener may do with the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl<S: CheckpointStore> CheckpointStore for ReadOnly<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::Position;
+    use crate::replication::progress::Position;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_read_only_file_store_creates_nothing_and_refuses_writes() {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{now_ms, Checkpoint, CheckpointStore, StoreError, TaskKey};
-use crate::metrics::Metrics;
-use crate::progress::{Registry, TaskProgress};
+use super::{Checkpoint, CheckpointStore, StoreError, TaskKey};
+use crate::clock::now_ms;
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::{Registry, TaskProgress};
 
 /// A checkpoint about to be written, with the progress and version to mark saved once it is.
 type Pending = (TaskKey, Checkpoint, Arc<TaskProgress>, u64);
@@ -42,7 +43,7 @@ impl Checkpointer {
         let written_at_ms = now_ms();
         for (id, progress) in self.registry.snapshot() {
             if let Some((position, version)) = progress.unsaved() {
-                let key = TaskKey { topic: id.topic.to_string(), partition: id.partition };
+                let key = TaskKey::from(&id);
                 batches.entry(id.flow.clone()).or_default().push((
                     key,
                     Checkpoint { position, written_at_ms },

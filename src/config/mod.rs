@@ -22,6 +22,7 @@ mod load;
 mod secret;
 mod units;
 mod validate;
+pub mod watch;
 mod yaml;
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ fn assert_success(what: &str, output: &Output) -> String {
 /// The checkpoint store of `config`, opened as the one-shot commands open it.
 async fn stored(config: &Path) -> std::sync::Arc<dyn CheckpointStore> {
     let config = ferry::config::Config::load(config).unwrap();
-    let metrics = ferry::metrics::Metrics::new(false);
+    let metrics = ferry::ops::metrics::Metrics::new(false);
     ferry::checkpoint::open(&config.checkpoint, Access::ReadOnly, &metrics).await.unwrap().store
 }
 

@@ -246,8 +246,8 @@ impl Drop for EtcdNode {
 async fn stored_offsets(endpoint: &str, prefix: &str, flow: &str) -> i64 {
     let config: ferry::config::EtcdConfig =
         serde_json::from_value(serde_json::json!({ "endpoints": [endpoint], "prefix": prefix })).unwrap();
-    let metrics = ferry::metrics::Metrics::new(false);
-    let etcd = ferry::etcd::Etcd::connect(&config, &metrics).await.unwrap();
+    let metrics = ferry::ops::metrics::Metrics::new(false);
+    let etcd = ferry::coordination::etcd::Etcd::connect(&config, &metrics).await.unwrap();
     let store = ferry::checkpoint::EtcdStore::new(etcd, "test-reader");
     use ferry::checkpoint::CheckpointStore;
     store.load(flow).await.unwrap().values().map(|checkpoint| checkpoint.position.next_source_offset).sum()

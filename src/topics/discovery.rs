@@ -12,12 +12,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{ClusterAdmin, TopicInfo};
 use crate::config::TopicFilter;
-use crate::metrics::Metrics;
-use crate::naming::TopicNaming;
-use crate::progress::TaskId;
-use crate::topic_sync::{self, TopicPair};
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::TaskId;
+use crate::topics::admin::{ClusterAdmin, TopicInfo};
+use crate::topics::naming::TopicNaming;
+use crate::topics::sync::{self, TopicPair};
 
 /// How soon to look again after a failed look, when the discovery interval is longer.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3);
@@ -31,7 +31,7 @@ pub struct TaskSpec {
     pub target_topic: String,
     /// Where to resume when the task starts on this member, if the checkpoint store knows better than the member
     /// (the task just moved here from another member).
-    pub resume: Option<crate::progress::Position>,
+    pub resume: Option<crate::replication::progress::Position>,
 }
 
 /// A flow as discovery sees it.
@@ -153,14 +153,15 @@ impl Discovery {
     ) -> Option<BTreeMap<TaskId, TaskSpec>> {
         let pairs = flow.matching(source_topics);
         let target = self.admin(&flow.target);
-        let ready = match topic_sync::sync(&flow.name, self.admin(&flow.source), target, &pairs, &self.metrics).await {
+        let ready = match sync::sync(&flow.name, self.admin(&flow.source), target, &pairs, &self.metrics).await {
             Ok(ready) => {
                 self.metrics.cluster_up.with_label_values(&[&flow.target]).set(1);
                 ready
             }
             Err(error) => {
                 warn!(flow = flow.name.as_str(), %error, "cannot prepare target topics");
-                if matches!(error, crate::admin::AdminError::Request { ref cluster, .. } if *cluster == flow.target) {
+                if matches!(error, crate::topics::admin::AdminError::Request { ref cluster, .. } if *cluster == flow.target)
+                {
                     self.metrics.cluster_up.with_label_values(&[&flow.target]).set(0);
                 }
                 return None;

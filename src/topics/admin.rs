@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIMEOUT};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Errors of an admin request.
 #[derive(Debug, thiserror::Error)]

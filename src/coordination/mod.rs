@@ -12,12 +12,19 @@
 //! Invariant: every key a member writes that says "I hold this" is bound to its lease, so a crashed member's
 //! leadership, membership and tasks all become free together when its lease expires.
 
+pub mod assignment;
+pub mod controller;
+pub mod election;
+pub mod etcd;
+pub mod membership;
+pub mod ownership;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::EtcdError;
-use crate::progress::TaskId;
+use crate::coordination::etcd::EtcdError;
+use crate::replication::progress::TaskId;
 
 /// How often members poll the leader and their assignment, and the controller polls membership. Together with
 /// the lease TTL it bounds how fast a crashed member's tasks move (TTL + about two polls).
@@ -155,12 +162,14 @@ pub fn new_member_id() -> String {
         host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect();
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
-    hasher.write_i64(crate::checkpoint::now_ms());
+    hasher.write_i64(crate::clock::now_ms());
     format!("{host}-{:08x}", hasher.finish() as u32)
 }
 
 /// Every member's assignment as the controller last wrote it, by member id.
-pub async fn read_assignments(etcd: &crate::etcd::Etcd) -> Result<BTreeMap<String, AssignedWork>, CoordinationError> {
+pub async fn read_assignments(
+    etcd: &crate::coordination::etcd::Etcd,
+) -> Result<BTreeMap<String, AssignedWork>, CoordinationError> {
     let prefix = etcd.key(&assignment_key(""));
     let response = {
         let prefix = prefix.clone();

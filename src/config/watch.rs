@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{admit, layered, Admitted, Config, ConfigError, ConfigProblem, FlowConfig, SecretCheck};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// How often the file is read unless [`ConfigWatcher::with_interval`] says otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);

@@ -2,7 +2,7 @@
 //!
 //! Invariant: no flow replicates a topic back towards where it came from. `prefix` naming refuses any topic that
 //! already carries a known cluster alias as prefix (MirrorMaker 2's rule), `identity` naming relies on the
-//! provenance header written by [`crate::task`] instead.
+//! provenance header written by [`crate::replication::task`] instead.
 
 use crate::config::Naming;
 

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
-use crate::admin::{AdminError, ClusterAdmin, TopicConfigs, TopicInfo};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::topics::admin::{AdminError, ClusterAdmin, TopicConfigs, TopicInfo};
 
 /// Topic configs that describe the data itself and therefore must be the same on both sides.
 pub const REPLICATED_CONFIGS: &[&str] = &[

@@ -17,14 +17,14 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::checkpoint::now_ms;
-use crate::discovery::TaskSpec;
-use crate::metrics::TaskMetrics;
-use crate::naming::PROVENANCE_HEADER;
-use crate::progress::{Position, TaskProgress};
-use crate::source::{PartitionQueue, SourceConsumer, SourceError};
-use crate::target::{Ack, AckSink, TargetProducer, TargetRecord};
-use crate::throttle::Throttle;
+use crate::clock::now_ms;
+use crate::ops::metrics::TaskMetrics;
+use crate::replication::progress::{Position, TaskProgress};
+use crate::replication::source::{PartitionQueue, SourceConsumer, SourceError};
+use crate::replication::target::{Ack, AckSink, TargetProducer, TargetRecord};
+use crate::replication::throttle::Throttle;
+use crate::topics::discovery::TaskSpec;
+use crate::topics::naming::PROVENANCE_HEADER;
 
 /// Records a task may have sent but not yet seen acknowledged. With acknowledgements arriving every few
 /// milliseconds this keeps a partition at full speed; more only costs memory (docs/benchmarks.md).
@@ -507,8 +507,8 @@ mod tests {
 
     use super::*;
     use crate::config::ClusterConfig;
-    use crate::metrics::Metrics;
-    use crate::progress::{SyncPoint, TaskId};
+    use crate::ops::metrics::Metrics;
+    use crate::replication::progress::{SyncPoint, TaskId};
 
     fn cluster(bootstrap: &str) -> ClusterConfig {
         ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new() }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::config::{ConfigError, EtcdConfig};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// How long one etcd request may take before it counts as failed: long enough for a busy quorum, short enough
 /// that a member notices a dead one well inside a lease TTL.

@@ -9,17 +9,15 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::checkpoint::{self, Access, Checkpoint, CheckpointStore, StoreError, TaskKey};
+use crate::checkpoint::{self, Access, Checkpoint, CheckpointStore, StoreError, SyncedOffset, TaskKey};
 use crate::config::{Config, ConfigError, ConfigProblem, FlowConfig};
-use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIMEOUT};
-use crate::metrics::Metrics;
-use crate::naming::TopicNaming;
-use crate::translate::{translate, translate_back, TranslateError};
+use crate::offsets::group::{GroupClient, GroupError, Offsets};
+use crate::offsets::translate::{translate, translate_back, TranslateError};
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::Position;
+use crate::topics::naming::TopicNaming;
 
 /// Errors of translation and failover.
 #[derive(Debug, thiserror::Error)]
@@ -30,24 +28,23 @@ pub enum FailoverError {
     /// The checkpoint store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A client could not be built.
+    /// A group client could not be built, or a request about the group failed.
     #[error(transparent)]
-    Client(#[from] ClientError),
-    /// A request to a cluster failed.
-    #[error("cannot {what} for group {group} on cluster {cluster}: {source}")]
-    Kafka {
-        /// What was asked.
-        what: &'static str,
+    Group(#[from] GroupError),
+    /// The source cluster did not answer and no synced offsets of the group are stored to fall back on.
+    #[error("{source} (and no offsets of group {group} synced by ferry are stored to use instead)")]
+    SourceUnreachable {
         /// Group id.
         group: String,
-        /// Cluster alias.
-        cluster: String,
-        /// librdkafka's error.
-        source: Box<KafkaError>,
+        /// Why the source did not answer.
+        source: Box<GroupError>,
     },
+    /// A producer or admin client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::kafka::ClientError),
     /// An admin client could not be built or used.
     #[error(transparent)]
-    Admin(#[from] crate::admin::AdminError),
+    Admin(#[from] crate::topics::admin::AdminError),
     /// The group still has consumers on the cluster its offsets would be committed on.
     #[error("group {group} has {members} active member(s) on cluster {cluster}; stop them first or pass --force")]
     ActiveMembers {
@@ -113,13 +110,6 @@ pub struct FailbackPlan {
     pub reverse: Vec<(String, Vec<PartitionOffsets>)>,
 }
 
-impl FailoverError {
-    /// A failed request about `group` to cluster `cluster`.
-    pub(crate) fn kafka(what: &'static str, group: &str, cluster: &str, source: KafkaError) -> Self {
-        FailoverError::Kafka { what, group: group.to_owned(), cluster: cluster.to_owned(), source: Box::new(source) }
-    }
-}
-
 fn flow<'a>(config: &'a Config, name: &str) -> Result<&'a FlowConfig, ConfigError> {
     config.flows.iter().find(|flow| flow.name == name).ok_or_else(|| {
         let known: Vec<&str> = config.flows.iter().map(|flow| flow.name.as_str()).collect();
@@ -128,33 +118,6 @@ fn flow<'a>(config: &'a Config, name: &str) -> Result<&'a FlowConfig, ConfigErro
             format!("unknown flow \"{name}\" (known: {})", known.join(", ")),
         )])
     })
-}
-
-/// A client that reads and commits `group`'s offsets on cluster `alias` without joining the group; its errors are
-/// counted in `metrics`.
-pub(crate) fn group_client(
-    config: &Config,
-    alias: &str,
-    group: &str,
-    metrics: &Metrics,
-) -> Result<BaseConsumer<ClusterContext>, FailoverError> {
-    let mut client = client_config(alias, &config.clusters[alias], Role::Admin)?;
-    client.set("group.id", group).set("enable.auto.commit", "false");
-    Ok(client
-        .create_with_context(ClusterContext::new(alias, metrics))
-        .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?)
-}
-
-/// How many members `group` has on the cluster `client` talks to.
-pub(crate) fn active_members(
-    client: &BaseConsumer<ClusterContext>,
-    group: &str,
-    cluster: &str,
-) -> Result<usize, FailoverError> {
-    let groups = client
-        .fetch_group_list(Some(group), REQUEST_TIMEOUT)
-        .map_err(|e| FailoverError::kafka("describe the group", group, cluster, e))?;
-    Ok(groups.groups().iter().map(|g| g.members().len()).sum())
 }
 
 /// The flow's checkpoints, read-only from the configured store; refused when there are none.
@@ -179,47 +142,25 @@ async fn read_only_store(config: &Config) -> Result<std::sync::Arc<dyn Checkpoin
     Ok(checkpoint::open(&config.checkpoint, Access::ReadOnly, &Metrics::new(false)).await?.store)
 }
 
-/// `group`'s committed offsets on the cluster `client` talks to, for `topics` (topic, partition), by those keys.
-fn committed_on(
-    client: &BaseConsumer<ClusterContext>,
-    topics: impl Iterator<Item = (String, i32)>,
-) -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
-    let mut wanted = TopicPartitionList::new();
-    for (topic, partition) in topics {
-        wanted.add_partition(&topic, partition);
-    }
-    let committed = tokio::task::block_in_place(|| client.committed_offsets(wanted, REQUEST_TIMEOUT))?;
-    let offsets = committed
-        .elements()
-        .iter()
-        .filter_map(|element| match element.offset() {
-            Offset::Offset(offset) => Some(((element.topic().to_owned(), element.partition()), offset)),
-            _ => None,
-        })
-        .collect();
-    // Drop the partition list before the consumer: librdkafka can hang on shutdown otherwise.
-    drop(committed);
-    Ok(offsets)
-}
-
-/// Translates `committed` source offsets (by source topic-partition) forward with `checkpoints`.
-fn forward_rows(
-    checkpoints: &BTreeMap<TaskKey, Checkpoint>,
+/// Translates a group's `committed` source offsets (by source topic-partition) with the tasks' `positions`: the
+/// one translate-a-group path of `translate`, `failover`, failback's reverse flows and the continuous group sync.
+/// Sorted by topic and partition; a partition the group has no offset for is left out.
+pub fn translate_committed<'a>(
+    positions: impl IntoIterator<Item = (&'a TaskKey, &'a Position)>,
     naming: &TopicNaming,
-    committed: &BTreeMap<(String, i32), i64>,
+    committed: &Offsets,
 ) -> Vec<PartitionOffsets> {
     let mut rows = Vec::new();
-    for (key, checkpoint) in checkpoints {
+    for (key, position) in positions {
         let Some(&source_offset) = committed.get(&(key.topic.clone(), key.partition)) else { continue };
-        let (target_offset, not_yet_replicated, may_redeliver, note) =
-            match translate(&checkpoint.position, source_offset) {
-                Ok(translation) => {
-                    (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, None)
-                }
-                Err(error @ (TranslateError::BeforeHistory { .. } | TranslateError::NothingReplicated)) => {
-                    (None, 0, 0, Some(error.to_string()))
-                }
-            };
+        let (target_offset, not_yet_replicated, may_redeliver, note) = match translate(position, source_offset) {
+            Ok(translation) => {
+                (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, None)
+            }
+            Err(error @ (TranslateError::BeforeHistory { .. } | TranslateError::NothingReplicated)) => {
+                (None, 0, 0, Some(error.to_string()))
+            }
+        };
         rows.push(PartitionOffsets {
             topic: key.topic.clone(),
             partition: key.partition,
@@ -231,44 +172,30 @@ fn forward_rows(
             note,
         });
     }
+    rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     rows
 }
 
-/// Translates the committed source offsets of `group` for every partition the flow replicates.
-pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> Result<GroupTranslation, FailoverError> {
-    let flow = flow(config, flow_name)?;
-    let store = read_only_store(config).await?;
-    let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
-    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
-    let source = group_client(config, &flow.source, group, &Metrics::new(false))?;
-    let committed = match committed_on(&source, checkpoints.keys().map(|key| (key.topic.clone(), key.partition))) {
-        Ok(committed) => committed,
-        // The real disaster: the source is gone. The continuous sync kept the group's last translation.
-        Err(error) => return synced_translation(store.as_ref(), flow, group, &naming, error).await,
-    };
-    Ok(GroupTranslation { rows: forward_rows(&checkpoints, &naming, &committed), synced_at_ms: None })
+fn positions(checkpoints: &BTreeMap<TaskKey, Checkpoint>) -> impl Iterator<Item = (&TaskKey, &Position)> {
+    checkpoints.iter().map(|(key, checkpoint)| (key, &checkpoint.position))
 }
 
-/// The group's offsets as the continuous sync last stored them, when the source cannot be asked.
-async fn synced_translation(
-    store: &dyn CheckpointStore,
-    flow: &FlowConfig,
-    group: &str,
-    naming: &TopicNaming,
-    source_error: KafkaError,
-) -> Result<GroupTranslation, FailoverError> {
-    let Some(synced) = store.load_group_offsets(&flow.name).await?.remove(group) else {
-        return Err(FailoverError::kafka(
-            "read committed offsets (and no synced offsets are stored)",
-            group,
-            &flow.source,
-            source_error,
-        ));
-    };
-    let mut rows: Vec<PartitionOffsets> = synced
-        .partitions
-        .into_iter()
-        .map(|offset| PartitionOffsets {
+impl PartitionOffsets {
+    /// The row as the group sync stores it; `None` when it has no translation.
+    pub fn synced(&self) -> Option<SyncedOffset> {
+        Some(SyncedOffset {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            source_offset: self.source_offset?,
+            target_offset: self.target_offset?,
+            not_yet_replicated: self.not_yet_replicated,
+            may_redeliver: self.may_redeliver,
+        })
+    }
+
+    /// A stored row of the group sync, shown as a translation.
+    pub fn from_synced(offset: SyncedOffset, naming: &TopicNaming) -> Self {
+        PartitionOffsets {
             target_topic: naming.remote_topic(&offset.topic),
             topic: offset.topic,
             partition: offset.partition,
@@ -277,8 +204,39 @@ async fn synced_translation(
             not_yet_replicated: offset.not_yet_replicated,
             may_redeliver: offset.may_redeliver,
             note: None,
-        })
-        .collect();
+        }
+    }
+}
+
+/// Translates the committed source offsets of `group` for every partition the flow replicates.
+pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> Result<GroupTranslation, FailoverError> {
+    let flow = flow(config, flow_name)?;
+    let store = read_only_store(config).await?;
+    let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
+    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+    // A one-shot command: its client errors are logged; there is no scrape to count them for.
+    let source = GroupClient::new(config, &flow.source, group, &Metrics::new(false))?;
+    let committed = match source.committed(checkpoints.keys().map(|key| (key.topic.clone(), key.partition))) {
+        Ok(committed) => committed,
+        // The real disaster: the source is gone. The continuous sync kept the group's last translation.
+        Err(error) => return synced_translation(store.as_ref(), flow, group, &naming, error).await,
+    };
+    Ok(GroupTranslation { rows: translate_committed(positions(&checkpoints), &naming, &committed), synced_at_ms: None })
+}
+
+/// The group's offsets as the continuous sync last stored them, when the source cannot be asked.
+async fn synced_translation(
+    store: &dyn CheckpointStore,
+    flow: &FlowConfig,
+    group: &str,
+    naming: &TopicNaming,
+    source_error: GroupError,
+) -> Result<GroupTranslation, FailoverError> {
+    let Some(synced) = store.load_group_offsets(&flow.name).await?.remove(group) else {
+        return Err(FailoverError::SourceUnreachable { group: group.to_owned(), source: Box::new(source_error) });
+    };
+    let mut rows: Vec<PartitionOffsets> =
+        synced.partitions.into_iter().map(|offset| PartitionOffsets::from_synced(offset, naming)).collect();
     rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(GroupTranslation { rows, synced_at_ms: Some(synced.synced_at_ms) })
 }
@@ -290,10 +248,9 @@ pub async fn failback_plan(config: &Config, flow_name: &str, group: &str) -> Res
     let store = read_only_store(config).await?;
     let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
     let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
-    let target = group_client(config, &flow.target, group, &Metrics::new(false))?;
+    let target = GroupClient::new(config, &flow.target, group, &Metrics::new(false))?;
     let remote = |key: &TaskKey| (naming.remote_topic(&key.topic), key.partition);
-    let committed = committed_on(&target, checkpoints.keys().map(remote))
-        .map_err(|e| FailoverError::kafka("read committed offsets", group, &flow.target, e))?;
+    let committed = target.committed(checkpoints.keys().map(remote))?;
     let mut back = Vec::new();
     for (key, checkpoint) in &checkpoints {
         let (target_topic, partition) = remote(key);
@@ -319,9 +276,8 @@ pub async fn failback_plan(config: &Config, flow_name: &str, group: &str) -> Res
     for reverse_flow in config.flows.iter().filter(|f| f.source == flow.target && f.target == flow.source) {
         let checkpoints = store.load(&reverse_flow.name).await?;
         let naming = TopicNaming::new(reverse_flow.naming, &reverse_flow.source, config.clusters.keys().cloned());
-        let committed = committed_on(&target, checkpoints.keys().map(|key| (key.topic.clone(), key.partition)))
-            .map_err(|e| FailoverError::kafka("read committed offsets", group, &flow.target, e))?;
-        let rows = forward_rows(&checkpoints, &naming, &committed);
+        let committed = target.committed(checkpoints.keys().map(|key| (key.topic.clone(), key.partition)))?;
+        let rows = translate_committed(positions(&checkpoints), &naming, &committed);
         if !rows.is_empty() {
             reverse.push((reverse_flow.name.clone(), rows));
         }
@@ -329,33 +285,21 @@ pub async fn failback_plan(config: &Config, flow_name: &str, group: &str) -> Res
     Ok(FailbackPlan { back, reverse })
 }
 
-/// Commits `offsets` (topic, partition, offset) for `group` on cluster `alias`, refusing while the group has
-/// active members there unless `force`; returns how many were committed.
+/// Commits `offsets` for `group` on cluster `alias`, refusing while the group has active members there unless
+/// `force`; returns how many were committed.
 fn commit_offsets(
     config: &Config,
     alias: &str,
     group: &str,
-    offsets: &[(String, i32, i64)],
+    offsets: &Offsets,
     force: bool,
 ) -> Result<usize, FailoverError> {
-    let client = group_client(config, alias, group, &Metrics::new(false))?;
-    let kafka_error = |what| move |source| FailoverError::kafka(what, group, alias, source);
-    let members = active_members(&client, group, alias)?;
+    let client = GroupClient::new(config, alias, group, &Metrics::new(false))?;
+    let members = client.active_members()?;
     if members > 0 && !force {
         return Err(FailoverError::ActiveMembers { group: group.to_owned(), cluster: alias.to_owned(), members });
     }
-    let mut list = TopicPartitionList::new();
-    for (topic, partition, offset) in offsets {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .map_err(kafka_error("prepare offsets"))?;
-    }
-    let count = list.count();
-    if count > 0 {
-        // A synchronous commit returns once the group coordinator stored the offsets.
-        client.commit(&list, CommitMode::Sync).map_err(kafka_error("commit offsets"))?;
-    }
-    drop(list);
-    Ok(count)
+    Ok(client.commit(offsets)?)
 }
 
 /// Commits the translated offsets for `group` on the flow's target cluster.
@@ -367,8 +311,8 @@ pub fn commit_on_target(
     force: bool,
 ) -> Result<usize, FailoverError> {
     let flow = flow(config, flow_name)?;
-    let offsets: Vec<_> =
-        rows.iter().filter_map(|row| Some((row.target_topic.clone(), row.partition, row.target_offset?))).collect();
+    let offsets: Offsets =
+        rows.iter().filter_map(|row| Some(((row.target_topic.clone(), row.partition), row.target_offset?))).collect();
     commit_offsets(config, &flow.target, group, &offsets, force)
 }
 
@@ -382,12 +326,12 @@ pub fn commit_failback(
     force: bool,
 ) -> Result<usize, FailoverError> {
     let flow = flow(config, flow_name)?;
-    let back = plan.back.iter().filter_map(|row| Some((row.topic.clone(), row.partition, row.source_offset?)));
+    let back = plan.back.iter().filter_map(|row| Some(((row.topic.clone(), row.partition), row.source_offset?)));
     let reverse = plan
         .reverse
         .iter()
         .flat_map(|(_, rows)| rows)
-        .filter_map(|row| Some((row.target_topic.clone(), row.partition, row.target_offset?)));
-    let offsets: Vec<_> = back.chain(reverse).collect();
+        .filter_map(|row| Some(((row.target_topic.clone(), row.partition), row.target_offset?)));
+    let offsets: Offsets = back.chain(reverse).collect();
     commit_offsets(config, &flow.source, group, &offsets, force)
 }

@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::lag::TaskLag;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::replication::lag::TaskLag;
 
 /// What `/readyz` and `/status` report, refreshed by the member.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

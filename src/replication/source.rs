@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// A task's own queue of source records.
 pub type PartitionQueue = StreamPartitionQueue<ClusterContext>;

@@ -18,30 +18,30 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::admin::{AdminError, ClusterAdmin};
 use crate::checkpoint::{self, Access, CheckpointStore, Checkpointer, OpenedStore, StoreError};
+use crate::config::watch::{ConfigWatcher, Reload};
 use crate::config::{Config, ConfigError, FlowConfig, Naming};
-use crate::controller::Controller;
+use crate::coordination::controller::Controller;
+use crate::coordination::election::campaign_and_observe;
+use crate::coordination::etcd::{Etcd, EtcdError};
+use crate::coordination::membership::{live_members, Membership};
+use crate::coordination::ownership::Ownership;
 use crate::coordination::{
     new_member_id, read_assignments, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
 };
-use crate::discovery::{Discovered, Discovery, FlowTopics};
-use crate::election::campaign_and_observe;
-use crate::etcd::{Etcd, EtcdError};
-use crate::group_sync::GroupSync;
-use crate::http::{self, FleetMember, FleetStatus, HttpError, HttpState, Status};
 use crate::kafka::ClientError;
-use crate::lag::{self, LagGauges};
-use crate::membership::{live_members, Membership};
-use crate::metrics::Metrics;
-use crate::ownership::Ownership;
-use crate::progress::{Registry, TaskId};
-use crate::reload::{ConfigWatcher, Reload};
-use crate::source::{SourceConsumer, SourceError};
-use crate::supervisor::{FlowRuntime, FlowUpdate, Supervisor};
-use crate::target::TargetProducer;
-use crate::task::Provenance;
-use crate::throttle::Throttle;
+use crate::offsets::group_sync::GroupSync;
+use crate::ops::http::{self, FleetMember, FleetStatus, HttpError, HttpState, Status};
+use crate::ops::metrics::Metrics;
+use crate::replication::lag::{self, LagGauges};
+use crate::replication::progress::{Registry, TaskId};
+use crate::replication::source::{SourceConsumer, SourceError};
+use crate::replication::supervisor::{FlowRuntime, FlowUpdate, Supervisor};
+use crate::replication::target::TargetProducer;
+use crate::replication::task::Provenance;
+use crate::replication::throttle::Throttle;
+use crate::topics::admin::{AdminError, ClusterAdmin};
+use crate::topics::discovery::{Discovered, Discovery, FlowTopics};
 
 /// How long tasks may take to get their in-flight records acknowledged on shutdown. Together with the final
 /// checkpoint and producer flush it keeps shutdown well inside Kubernetes' default 30 s grace period.
@@ -77,7 +77,7 @@ pub enum MemberError {
     Config(#[from] crate::config::ConfigError),
     /// The group offset sync could not be set up.
     #[error(transparent)]
-    Failover(#[from] crate::failover::FailoverError),
+    Failover(#[from] crate::offsets::failover::FailoverError),
     /// A component stopped on its own before shutdown was asked.
     #[error("component {0} stopped unexpectedly")]
     ComponentStopped(&'static str),
@@ -562,7 +562,7 @@ impl Coordinator {
         let info = MemberInfo {
             id: self.member_id.clone(),
             http: self.http.clone(),
-            joined_at_ms: crate::checkpoint::now_ms(),
+            joined_at_ms: crate::clock::now_ms(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let mut logged_failure = false;
@@ -703,7 +703,7 @@ impl Coordinator {
 
     fn start_controller(
         &self,
-        leadership: crate::election::Leadership,
+        leadership: crate::coordination::election::Leadership,
         session: &CancellationToken,
     ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let token = session.child_token();
@@ -789,7 +789,7 @@ async fn report_status(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let now_ms = crate::checkpoint::now_ms();
+        let now_ms = crate::clock::now_ms();
         let sources = lock(&shared.clients).sources.clone();
         let (lags, not_ready_reason) = {
             let discovered = wanted.borrow();

@@ -11,8 +11,8 @@ use etcd_client::{GetOptions, PutOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::coordination::etcd::Etcd;
 use crate::coordination::{decode, member_key, CoordinationError, MemberInfo};
-use crate::etcd::Etcd;
 
 /// A member's registration: its id and the lease every key it holds is bound to.
 #[derive(Debug, Clone)]

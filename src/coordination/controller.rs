@@ -14,18 +14,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::assignment::{self, Assignment};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
+use crate::coordination::assignment::{self, Assignment};
+use crate::coordination::election::Leadership;
+use crate::coordination::etcd::Etcd;
+use crate::coordination::membership::live_members;
 use crate::coordination::{
     assignment_key, read_assignments, AssignedWork, CoordinationError, ThrottleShare, POLL_INTERVAL,
 };
-use crate::discovery::Discovered;
-use crate::election::Leadership;
-use crate::etcd::Etcd;
-use crate::membership::live_members;
-use crate::metrics::Metrics;
-use crate::progress::TaskId;
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::TaskId;
+use crate::topics::discovery::Discovered;
 
 /// How often shards of departed members are checked for deletion.
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(60);

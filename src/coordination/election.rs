@@ -6,9 +6,9 @@
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
+use crate::coordination::etcd::Etcd;
+use crate::coordination::membership::Membership;
 use crate::coordination::{assignment_key, decode, AssignedWork, CoordinationError, LEADER_KEY};
-use crate::etcd::Etcd;
-use crate::membership::Membership;
 
 /// Proof of leadership: the leader key's create revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

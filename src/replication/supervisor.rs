@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoint, TaskKey};
-use crate::discovery::{Discovered, TaskSpec};
-use crate::metrics::Metrics;
-use crate::progress::{Position, Registry, TaskId, TaskProgress, TaskState};
-use crate::source::SourceConsumer;
-use crate::target::TargetProducer;
-use crate::task::{self, Provenance, TaskContext, TaskError};
-use crate::throttle::Throttle;
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::{Position, Registry, TaskId, TaskProgress, TaskState};
+use crate::replication::source::SourceConsumer;
+use crate::replication::target::TargetProducer;
+use crate::replication::task::{self, Provenance, TaskContext, TaskError};
+use crate::replication::throttle::Throttle;
+use crate::topics::discovery::{Discovered, TaskSpec};
 
 /// First restart delay after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -190,7 +190,7 @@ impl Supervisor {
             }
             (_, Some(known)) => known,
             (_, None) => {
-                let key = TaskKey { topic: spec.id.topic.to_string(), partition: spec.id.partition };
+                let key = TaskKey::from(&spec.id);
                 let position = flow.stored.get(&key).map_or_else(|| Position::starting_at(0), |c| c.position.clone());
                 Arc::new(TaskProgress::new(position))
             }

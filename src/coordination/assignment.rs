@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::progress::TaskId;
+use crate::replication::progress::TaskId;
 
 /// A member's identity (its registration key under `/<prefix>/members/`).
 pub type MemberId = String;

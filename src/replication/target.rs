@@ -20,7 +20,7 @@ use rdkafka::{ClientContext, Message};
 
 use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIMEOUT};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// What became of one produced record: its target offset, or why the target refused it.
 pub type Ack = Result<i64, KafkaError>;

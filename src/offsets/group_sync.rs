@@ -9,49 +9,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::BaseRecord;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admin::ClusterAdmin;
-use crate::checkpoint::{now_ms, CheckpointStore, GroupOffsets, SyncedOffset};
+use crate::checkpoint::{CheckpointStore, GroupOffsets, TaskKey};
+use crate::clock::now_ms;
 use crate::config::{Config, FlowConfig, TopicFilter};
-use crate::failover::{active_members, group_client, FailoverError};
-use crate::kafka::{ClusterContext, REQUEST_TIMEOUT};
-use crate::metrics::Metrics;
-use crate::naming::TopicNaming;
-use crate::progress::Registry;
-use crate::target::{AckSink, TargetProducer, TargetRecord};
-use crate::translate::translate;
-
-/// MirrorMaker 2's checkpoint record for one group partition (its `Checkpoint` class, format version 0): the key
-/// is (group, topic, partition), the value (version, upstream offset, downstream offset, metadata), in Kafka's
-/// protocol encoding (big-endian integers, strings with an int16 length). `topic` is the target topic name.
-pub fn mm2_checkpoint_record(
-    group: &str,
-    topic: &str,
-    partition: i32,
-    upstream: i64,
-    downstream: i64,
-) -> (Vec<u8>, Vec<u8>) {
-    fn string(out: &mut Vec<u8>, value: &str) {
-        let length = i16::try_from(value.len()).unwrap_or(i16::MAX);
-        out.extend_from_slice(&length.to_be_bytes());
-        out.extend_from_slice(&value.as_bytes()[..length as usize]);
-    }
-    let mut key = Vec::with_capacity(8 + group.len() + topic.len());
-    string(&mut key, group);
-    string(&mut key, topic);
-    key.extend_from_slice(&partition.to_be_bytes());
-    let mut value = Vec::with_capacity(20);
-    value.extend_from_slice(&0_i16.to_be_bytes());
-    value.extend_from_slice(&upstream.to_be_bytes());
-    value.extend_from_slice(&downstream.to_be_bytes());
-    string(&mut value, "");
-    (key, value)
-}
+use crate::offsets::failover::{translate_committed, FailoverError};
+use crate::offsets::group::{GroupClient, Offsets};
+use crate::offsets::mm2::mm2_checkpoint_record;
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::{Position, Registry};
+use crate::replication::target::{AckSink, TargetProducer, TargetRecord};
+use crate::topics::admin::ClusterAdmin;
+use crate::topics::naming::TopicNaming;
 
 /// Group names that are never synced: tooling and replicators (MirrorMaker 2 skips the same).
 fn is_tooling_group(group: &str) -> bool {
@@ -155,23 +127,17 @@ impl GroupSync {
             };
             let registry = Registry::default();
             for (key, checkpoint) in stored {
-                let id = crate::progress::TaskId::new(&self.flow.name, &key.topic, key.partition);
-                registry.insert(id, Arc::new(crate::progress::TaskProgress::new(checkpoint.position)));
+                let id = key.task_id(&self.flow.name);
+                registry.insert(id, Arc::new(crate::replication::progress::TaskProgress::new(checkpoint.position)));
             }
             self.registry = Arc::new(registry);
         }
-        // The group list is not Send: read the names out of it before anything awaits.
-        let names: Vec<String> = {
-            let source = group_client(&self.config, &self.flow.source, "ferry-group-sync", &self.metrics)?;
-            let groups = tokio::task::block_in_place(|| source.fetch_group_list(None, REQUEST_TIMEOUT))
-                .map_err(|e| FailoverError::kafka("list groups", "*", &self.flow.source, e))?;
-            groups
-                .groups()
-                .iter()
-                .map(|group| group.name().to_owned())
-                .filter(|name| !is_tooling_group(name) && self.filter.matches(name))
-                .collect()
-        };
+        let source = GroupClient::new(&self.config, &self.flow.source, "ferry-group-sync", &self.metrics)?;
+        let names: Vec<String> = source
+            .all_groups()?
+            .into_iter()
+            .filter(|name| !is_tooling_group(name) && self.filter.matches(name))
+            .collect();
         for group in names {
             self.sync_group(&group).await?;
         }
@@ -179,33 +145,21 @@ impl GroupSync {
     }
 
     async fn sync_group(&mut self, group: &str) -> Result<(), FailoverError> {
-        let tasks: Vec<_> =
-            self.registry.snapshot().into_iter().filter(|(id, _)| *id.flow == *self.flow.name).collect();
-        if tasks.is_empty() {
+        let positions: Vec<(TaskKey, Position)> = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|(id, _)| *id.flow == *self.flow.name)
+            .map(|(id, progress)| (TaskKey::from(&id), progress.position()))
+            .collect();
+        if positions.is_empty() {
             return Ok(());
         }
-        let mut wanted = TopicPartitionList::new();
-        for (id, _) in &tasks {
-            wanted.add_partition(&id.topic, id.partition);
-        }
-        let source = group_client(&self.config, &self.flow.source, group, &self.metrics)?;
-        let committed = tokio::task::block_in_place(|| source.committed_offsets(wanted, REQUEST_TIMEOUT))
-            .map_err(|e| FailoverError::kafka("read committed offsets", group, &self.flow.source, e))?;
-        let mut partitions = Vec::new();
-        for (id, progress) in &tasks {
-            let Some(element) = committed.find_partition(&id.topic, id.partition) else { continue };
-            let Offset::Offset(source_offset) = element.offset() else { continue };
-            let Ok(translation) = translate(&progress.position(), source_offset) else { continue };
-            partitions.push(SyncedOffset {
-                topic: id.topic.to_string(),
-                partition: id.partition,
-                source_offset,
-                target_offset: translation.target_offset,
-                not_yet_replicated: translation.not_yet_replicated,
-                may_redeliver: translation.may_redeliver,
-            });
-        }
-        drop(committed);
+        let source = GroupClient::new(&self.config, &self.flow.source, group, &self.metrics)?;
+        let committed = source.committed(positions.iter().map(|(key, _)| (key.topic.clone(), key.partition)))?;
+        let rows =
+            translate_committed(positions.iter().map(|(key, position)| (key, position)), &self.naming, &committed);
+        let partitions: Vec<_> = rows.iter().filter_map(|row| row.synced()).collect();
         if partitions.is_empty() {
             return Ok(());
         }
@@ -225,38 +179,29 @@ impl GroupSync {
     }
 
     fn commit_on_target(&mut self, group: &str, synced: &GroupOffsets) -> Result<(), FailoverError> {
-        let target = group_client(&self.config, &self.flow.target, group, &self.metrics)?;
-        let members = active_members(&target, group, &self.flow.target)?;
+        let target = GroupClient::new(&self.config, &self.flow.target, group, &self.metrics)?;
+        let members = target.active_members()?;
         if members > 0 {
             debug!(flow = self.flow.name.as_str(), group, members, "group active on the target; not synced");
             return Ok(());
         }
-        let current = target_committed(&target, &self.naming, synced)
-            .map_err(|e| FailoverError::kafka("read committed offsets", group, &self.flow.target, e))?;
-        let mut commit = TopicPartitionList::new();
+        let remote = |topic: &str, partition: i32| (self.naming.remote_topic(topic), partition);
+        let current =
+            target.committed(synced.partitions.iter().map(|offset| remote(&offset.topic, offset.partition)))?;
+        let mut commit = Offsets::new();
         for offset in &synced.partitions {
-            let target_topic = self.naming.remote_topic(&offset.topic);
             let key = (group.to_owned(), offset.topic.clone(), offset.partition);
             let rewound = self.last_source.get(&key).is_some_and(|last| offset.source_offset < *last);
-            let behind =
-                current.get(&(target_topic.clone(), offset.partition)).is_none_or(|now| *now < offset.target_offset);
+            let target_partition = remote(&offset.topic, offset.partition);
+            let behind = current.get(&target_partition).is_none_or(|now| *now < offset.target_offset);
             if behind || rewound {
-                commit
-                    .add_partition_offset(&target_topic, offset.partition, Offset::Offset(offset.target_offset))
-                    .map_err(|e| FailoverError::kafka("prepare offsets", group, &self.flow.target, e))?;
+                commit.insert(target_partition, offset.target_offset);
             }
             self.last_source.insert(key, offset.source_offset);
         }
-        if commit.count() > 0 {
-            target
-                .commit(&commit, CommitMode::Sync)
-                .map_err(|e| FailoverError::kafka("commit offsets", group, &self.flow.target, e))?;
-            info!(
-                flow = self.flow.name.as_str(),
-                group,
-                partitions = commit.count(),
-                "synced group offsets to the target"
-            );
+        let committed = target.commit(&commit)?;
+        if committed > 0 {
+            info!(flow = self.flow.name.as_str(), group, partitions = committed, "synced group offsets to the target");
         }
         Ok(())
     }
@@ -287,40 +232,5 @@ impl Mm2Checkpoints {
         }
         sink.wait_for(synced.partitions.len()).await.map_err(|error| error.to_string())?;
         Ok(())
-    }
-}
-
-/// The group's committed offsets on the target for the synced partitions.
-fn target_committed(
-    target: &BaseConsumer<ClusterContext>,
-    naming: &TopicNaming,
-    synced: &GroupOffsets,
-) -> Result<BTreeMap<(String, i32), i64>, rdkafka::error::KafkaError> {
-    let mut wanted = TopicPartitionList::new();
-    for offset in &synced.partitions {
-        wanted.add_partition(&naming.remote_topic(&offset.topic), offset.partition);
-    }
-    let committed = target.committed_offsets(wanted, REQUEST_TIMEOUT)?;
-    let current = committed
-        .elements()
-        .iter()
-        .filter_map(|element| match element.offset() {
-            Offset::Offset(offset) => Some(((element.topic().to_owned(), element.partition()), offset)),
-            _ => None,
-        })
-        .collect();
-    drop(committed);
-    Ok(current)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mm2_checkpoint_records_use_kafkas_protocol_encoding() {
-        let (key, value) = mm2_checkpoint_record("g", "us-east.t", 3, 100, 90);
-        assert_eq!(key, [&[0, 1][..], b"g", &[0, 9], b"us-east.t", &[0, 0, 0, 3]].concat());
-        assert_eq!(value, [&[0, 0][..], &100_i64.to_be_bytes(), &90_i64.to_be_bytes(), &[0, 0]].concat());
     }
 }

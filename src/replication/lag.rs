@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{Metrics, TaskLabels};
-use crate::progress::{LagInputs, TaskId};
+use crate::ops::metrics::{Metrics, TaskLabels};
+use crate::replication::progress::{LagInputs, TaskId};
 
 /// One task's lag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,13 +16,13 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint::{CheckpointStore, Checkpointer, TaskKey};
 use crate::config::Config;
+use crate::coordination::etcd::Etcd;
+use crate::coordination::membership::Membership;
 use crate::coordination::{owner_key, task_of_owner_key, AssignedWork, CoordinationError, POLL_INTERVAL};
-use crate::discovery::{Discovered, TaskSpec};
-use crate::etcd::Etcd;
-use crate::membership::Membership;
-use crate::metrics::Metrics;
-use crate::naming::TopicNaming;
-use crate::progress::{Registry, TaskId};
+use crate::ops::metrics::Metrics;
+use crate::replication::progress::{Registry, TaskId};
+use crate::topics::discovery::{Discovered, TaskSpec};
+use crate::topics::naming::TopicNaming;
 
 /// Owner keys taken or released per transaction: well under etcd's default 128 operations.
 const KEYS_PER_TXN: usize = 64;
@@ -218,7 +218,7 @@ impl Ownership {
         taken.retain(|spec| !unloaded.contains(&spec.id.flow));
         info!(tasks = taken.len(), "took task ownership");
         for mut spec in taken {
-            let key = TaskKey { topic: spec.id.topic.to_string(), partition: spec.id.partition };
+            let key = TaskKey::from(&spec.id);
             spec.resume =
                 stored.get(&spec.id.flow).and_then(|checkpoints| checkpoints.get(&key)).map(|c| c.position.clone());
             self.owned.insert(spec.id.clone(), spec);
@@ -250,10 +250,7 @@ impl Ownership {
         }
         let mut by_flow: BTreeMap<Arc<str>, Vec<TaskKey>> = BTreeMap::new();
         for id in &tasks {
-            by_flow
-                .entry(id.flow.clone())
-                .or_default()
-                .push(TaskKey { topic: id.topic.to_string(), partition: id.partition });
+            by_flow.entry(id.flow.clone()).or_default().push(TaskKey::from(id));
             self.registry.remove(id);
         }
         for (flow, keys) in by_flow {

@@ -6,7 +6,7 @@
 //! With `(s_i, t_i)` the latest sync point at or before `S` and `t_next` the next point's target offset (or the
 //! target offset after the last replicated record): `T = min(t_i + (S - s_i), t_next)`.
 
-use crate::progress::Position;
+use crate::replication::progress::Position;
 
 /// Where a committed source offset lands on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
