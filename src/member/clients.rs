@@ -1,0 +1,122 @@
+//! The Kafka clients and throttles a member builds once per cluster alias, flow or throttle and reuses across
+//! config reloads.
+//!
+//! Invariant: one producer per target cluster and one consumer per flow, however many tasks use them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::*;
+
+/// The Kafka clients and throttles, built once per cluster alias, flow or throttle and reused across reloads.
+pub(super) struct Clients {
+    pub(super) metrics: Metrics,
+    pub(super) admins: BTreeMap<String, Arc<ClusterAdmin>>,
+    pub(super) producers: BTreeMap<String, TargetProducer>,
+    pub(super) sources: BTreeMap<String, Arc<SourceConsumer>>,
+    /// By the throttle's (from, to).
+    pub(super) throttles: BTreeMap<(String, String), Arc<Throttle>>,
+}
+
+impl Clients {
+    pub(super) fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            admins: BTreeMap::new(),
+            producers: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            throttles: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn admin(&mut self, config: &Config, alias: &str) -> Result<Arc<ClusterAdmin>, MemberError> {
+        if let Some(admin) = self.admins.get(alias) {
+            return Ok(admin.clone());
+        }
+        let admin = Arc::new(ClusterAdmin::new(alias, &config.clusters[alias], &self.metrics)?);
+        self.admins.insert(alias.to_owned(), admin.clone());
+        Ok(admin)
+    }
+
+    /// A flow's runtime; its consumer is new (a changed flow starts over with its new settings).
+    pub(super) fn flow_runtime(
+        &mut self,
+        config: &Config,
+        flow: &FlowConfig,
+        stored: BTreeMap<crate::checkpoint::TaskKey, crate::checkpoint::Checkpoint>,
+    ) -> Result<FlowRuntime, MemberError> {
+        for alias in [&flow.source, &flow.target] {
+            self.admin(config, alias)?;
+        }
+        if !self.producers.contains_key(&flow.target) {
+            let producer = TargetProducer::new(&flow.target, &config.clusters[&flow.target], &self.metrics)?;
+            self.producers.insert(flow.target.clone(), producer);
+        }
+        let throttle = config.throttle_for(&flow.source, &flow.target).map(|(_, throttle)| {
+            let key = (throttle.from.clone(), throttle.to.clone());
+            let metrics = &self.metrics;
+            self.throttles
+                .entry(key)
+                .or_insert_with(|| {
+                    let wait = metrics.throttle_wait_seconds.with_label_values(&[&throttle.from, &throttle.to]);
+                    Arc::new(Throttle::new(throttle.rate.bytes_per_second(), wait))
+                })
+                .clone()
+        });
+        let provenance = (flow.naming == Naming::Identity)
+            .then(|| Provenance { source_alias: flow.source.clone(), target_alias: flow.target.clone() });
+        let source =
+            Arc::new(SourceConsumer::new(&flow.name, &flow.source, &config.clusters[&flow.source], &self.metrics)?);
+        self.sources.insert(flow.name.clone(), source.clone());
+        Ok(FlowRuntime { source, target: self.producers[&flow.target].clone(), throttle, provenance, stored })
+    }
+
+    /// Discovery over every flow of `config`.
+    pub(super) fn discovery(&mut self, config: &Config) -> Result<Discovery, MemberError> {
+        let mut flows = Vec::new();
+        let mut admins = BTreeMap::new();
+        for flow in &config.flows {
+            for alias in [&flow.source, &flow.target] {
+                admins.insert(alias.clone(), self.admin(config, alias)?);
+            }
+            flows.push(FlowTopics::from_config(config, flow)?);
+        }
+        Ok(Discovery::new(flows, admins, self.metrics.clone()))
+    }
+
+    /// Sets every throttle to its configured budget: the whole budget when this member is the whole fleet.
+    pub(super) fn apply_configured_rates(&self, config: &Config) {
+        for throttle in &config.throttles {
+            if let Some(limiter) = self.throttles.get(&(throttle.from.clone(), throttle.to.clone())) {
+                limiter.set_rate(throttle.rate.bytes_per_second());
+                self.metrics
+                    .throttle_rate_bytes
+                    .with_label_values(&[&throttle.from, &throttle.to])
+                    .set(i64::try_from(throttle.rate.bytes_per_second()).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Sets the throttles to this member's shares of the fleet-wide budgets.
+    pub(super) fn apply_shares(&self, shares: &[ThrottleShare]) {
+        for share in shares {
+            if let Some(limiter) = self.throttles.get(&(share.from.clone(), share.to.clone())) {
+                if limiter.bytes_per_second() != share.bytes_per_second {
+                    info!(
+                        from = share.from.as_str(),
+                        to = share.to.as_str(),
+                        bytes_per_second = share.bytes_per_second,
+                        "throttle share set"
+                    );
+                }
+                limiter.set_rate(share.bytes_per_second);
+            }
+            self.metrics
+                .throttle_rate_bytes
+                .with_label_values(&[&share.from, &share.to])
+                .set(i64::try_from(share.bytes_per_second).unwrap_or(i64::MAX));
+        }
+    }
+}
