@@ -22,9 +22,9 @@ clusters:
   eu-west: { bootstrap_servers: "127.0.0.1:29092", region: eu-west }
 flows:
   - name: east-to-west
-source: us-east
-target: eu-west
-topics: { include: ["orders\\..*"] }
+    source: us-east
+    target: eu-west
+    topics: { include: ["orders\\..*"] }
 throttles:
   - { from: us-east, to: eu-west, rate: 100MiB/s }
 "#;
@@ -36,13 +36,13 @@ clusters:
   eu-west: { bootstrap_servers: "127.0.0.1:29092", region: eu-west }
 flows:
   - name: east-to-west
-source: us-east
-target: eu-west
-topics: { include: ["orders\\..*"] }
+    source: us-east
+    target: eu-west
+    topics: { include: ["orders\\..*"] }
   - name: payments
-source: us-east
-target: eu-west
-topics: { include: ["payments"] }
+    source: us-east
+    target: eu-west
+    topics: { include: ["payments"] }
 throttles:
   - { from: us-east, to: eu-west, rate: 50MiB/s }
 "#;
@@ -275,7 +275,7 @@ async fn secrets_and_client_properties_are_checked_like_at_start() {
             lines,
             [
                 "clusters.us-east.client.linger.mss: rejected by librdkafka: No such configuration property: \
-                 \"linger.mss\"",
+                     \"linger.mss\"",
                 "clusters.us-east.client.sasl.password: environment variable TEST_FERRY_RELOAD_UNSET is not set",
             ]
         );
@@ -433,11 +433,11 @@ fn between_requires_a_restart_for_a_changed_cluster_connection() {
 fn between_allows_new_clusters_for_new_flows() {
     let old = parse(BASE);
     let new = parse(
-        &BASE.replace("flows:", "  ap-south: { bootstrap_servers: \"127.0.0.1:39092\" }\nflows:").replace(
-            "throttles:",
-            "  - name: east-to-south\n    source: us-east\n    target: ap-south\n    topics: { include: [\"orders\"] }\nthrottles:",
-        ),
-    );
+            &BASE.replace("flows:", "  ap-south: { bootstrap_servers: \"127.0.0.1:39092\" }\nflows:").replace(
+                "throttles:",
+                "  - name: east-to-south\n    source: us-east\n    target: ap-south\n    topics: { include: [\"orders\"] }\nthrottles:",
+            ),
+        );
     assert_eq!(
         ConfigChange::between(&old, &new),
         ConfigChange { added_flows: names(&["east-to-south"]), ..ConfigChange::default() }
@@ -449,7 +449,7 @@ fn between_lists_settings_that_need_a_restart() {
     let old = parse(BASE);
     let new = parse(&format!(
         "{BASE}checkpoint: {{ path: /var/lib/ferry, interval: 2s }}\nhttp: {{ listen: \"127.0.0.1:9465\" }}\n\
-         discovery: {{ interval: 5s }}\nmetrics: {{ per_partition: true }}\n"
+             discovery: {{ interval: 5s }}\nmetrics: {{ per_partition: true }}\n"
     ));
     assert_eq!(
         ConfigChange::between(&old, &new),
