@@ -23,10 +23,27 @@ use crate::replication::task::{self, Provenance, TaskContext, TaskError};
 use crate::replication::throttle::Throttle;
 use crate::topics::discovery::{Discovered, TaskSpec};
 
-/// First restart delay after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
+/// First restart delay after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`], then jittered.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest restart delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The delay before the restart after `failures` consecutive failures: doubling from [`FIRST_BACKOFF`] up to
+/// [`MAX_BACKOFF`], of which the upper half is scaled by `jitter` (in `0.0..1.0`). Thousands of tasks failing
+/// together (a target outage) then retry spread over half their backoff instead of in lockstep.
+fn restart_delay(failures: u32, jitter: f64) -> Duration {
+    let ceiling = FIRST_BACKOFF.saturating_mul(1 << (failures.clamp(1, 7) - 1)).min(MAX_BACKOFF);
+    ceiling / 2 + (ceiling / 2).mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// A fraction in `0.0..1.0`, different per task and failure, and per process (the hasher's keys are random).
+fn jitter_fraction(id: &TaskId, failures: u32) -> f64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    let hash = KEYS.hash_one((&*id.flow, &*id.topic, id.partition, failures));
+    (hash >> 11) as f64 / (1_u64 << 53) as f64
+}
 
 /// The shared parts every task of one flow uses.
 #[derive(Debug)]
@@ -236,7 +253,7 @@ impl Supervisor {
         };
         let failures = self.failures.get(&id).copied().unwrap_or(0) + 1;
         self.failures.insert(id.clone(), failures);
-        let backoff = FIRST_BACKOFF.saturating_mul(1 << failures.min(7).saturating_sub(1)).min(MAX_BACKOFF);
+        let backoff = restart_delay(failures, jitter_fraction(&id, failures));
         self.metrics.task_failures.with_label_values(&[&id.flow, &id.topic]).inc();
         if let Some(progress) = self.registry.get(&id) {
             progress.set_state(TaskState::Paused(reason.clone()));
@@ -290,5 +307,35 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delays_double_up_to_the_maximum_within_their_jitter() {
+        for (failures, ceiling) in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (40, 60)] {
+            let ceiling = Duration::from_secs(ceiling);
+            assert_eq!(restart_delay(failures, 0.0), ceiling / 2, "after {failures} failures");
+            assert_eq!(restart_delay(failures, 1.0), ceiling, "after {failures} failures");
+        }
+    }
+
+    #[test]
+    fn tasks_failing_together_do_not_retry_in_lockstep() {
+        let delays: Vec<Duration> = (0..2_000)
+            .map(|partition| restart_delay(5, jitter_fraction(&TaskId::new("f", "t", partition), 5)))
+            .collect();
+        let (low, high) = (Duration::from_secs(8), Duration::from_secs(16));
+        assert!(delays.iter().all(|delay| (low..=high).contains(delay)), "outside 8-16 s");
+        // Spread over the whole upper half: in every tenth of it some tasks, none holding more than a fifth.
+        let mut buckets = [0_usize; 10];
+        for delay in &delays {
+            let tenth = ((delay.as_secs_f64() - 8.0) / 0.8).floor() as usize;
+            buckets[tenth.min(9)] += 1;
+        }
+        assert!(buckets.iter().all(|count| (1..400).contains(count)), "bunched retries: {buckets:?}");
     }
 }
