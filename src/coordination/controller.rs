@@ -18,7 +18,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::coordination::assignment::{self, Assignment};
 use crate::coordination::election::Leadership;
-use crate::coordination::etcd::Etcd;
+use crate::coordination::etcd::{Etcd, EtcdError};
 use crate::coordination::membership::live_members;
 use crate::coordination::{
     assignment_key, read_assignments, AssignedWork, CoordinationError, ThrottleShare, POLL_INTERVAL,
@@ -269,7 +269,7 @@ impl Controller {
         match self.etcd.timed("compact", |mut client| async move { client.compact(revision, None).await }).await {
             Ok(_) => info!(revision, kept = ?retention, "compacted etcd history"),
             // etcd's own auto-compaction may already be further along.
-            Err(error) if error.to_string().contains("compacted") => debug!(%error, "etcd history already compacted"),
+            Err(error @ EtcdError::Compacted { .. }) => debug!(%error, "etcd history already compacted"),
             Err(error) => warn!(%error, "cannot compact etcd history"),
         }
     }

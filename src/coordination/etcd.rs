@@ -31,6 +31,14 @@ pub enum EtcdError {
     /// The password could not be resolved.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The revision asked for is older than etcd's last compaction (etcd's `ErrCompacted`); nothing to retry.
+    #[error("etcd {op} at {endpoints}: the revision was already compacted")]
+    Compacted {
+        /// Which operation.
+        op: &'static str,
+        /// The configured endpoints.
+        endpoints: String,
+    },
     /// The request failed or timed out.
     #[error("etcd {op} at {endpoints} failed: {message}")]
     Request {
@@ -130,6 +138,10 @@ impl Etcd {
         self.metrics.etcd_latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         let message = match outcome {
             Ok(Ok(value)) => return Ok(value),
+            // etcd answers a compaction at or below the last one with OutOfRange: an outcome, not a failure.
+            Ok(Err(etcd_client::Error::GRpcStatus(status))) if status.code() == tonic::Code::OutOfRange => {
+                return Err(EtcdError::Compacted { op, endpoints: self.endpoints.clone() });
+            }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
         };

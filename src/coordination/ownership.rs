@@ -21,7 +21,7 @@ use crate::coordination::membership::Membership;
 use crate::coordination::{owner_key, task_of_owner_key, AssignedWork, CoordinationError, POLL_INTERVAL};
 use crate::ops::metrics::Metrics;
 use crate::replication::progress::{Registry, TaskId};
-use crate::topics::discovery::{Discovered, TaskSpec};
+use crate::topics::discovery::{Discovered, TaskSpec, Waiting};
 use crate::topics::naming::TopicNaming;
 
 /// Owner keys taken or released per transaction: well under etcd's default 128 operations.
@@ -91,7 +91,7 @@ impl Ownership {
                 }
             }
             let Some(work) = self.assigned.borrow_and_update().clone() else {
-                self.publish(None, Some("waiting for the controller's first assignment".to_owned()));
+                self.publish(None, Some(Waiting::FirstAssignment));
                 continue;
             };
             let config = self.config.borrow().clone();
@@ -110,9 +110,9 @@ impl Ownership {
             }
             let waiting = specs.tasks.len() - specs.tasks.keys().filter(|id| self.owned.contains_key(*id)).count();
             let reason = if waiting > 0 {
-                Some(format!("waiting for the previous owners of {waiting} assigned tasks to release them"))
+                Some(Waiting::PreviousOwners(waiting))
             } else if unknown_flows > 0 {
-                Some(format!("{unknown_flows} assigned flows are not in this member's config yet"))
+                Some(Waiting::UnknownFlows(unknown_flows))
             } else {
                 None
             };
@@ -120,7 +120,7 @@ impl Ownership {
         }
     }
 
-    fn publish(&self, work: Option<&AssignedWork>, waiting_for: Option<String>) {
+    fn publish(&self, work: Option<&AssignedWork>, waiting_for: Option<Waiting>) {
         self.metrics.owned_tasks.set(i64::try_from(self.owned.len()).unwrap_or(i64::MAX));
         let tasks = self.owned.clone();
         self.wanted.send_if_modified(|wanted| {
@@ -231,7 +231,7 @@ impl Ownership {
         // Kept to put back: a release that cannot finish leaves the tasks ours, neither run twice nor released
         // unflushed, and the next round tries again.
         let specs: Vec<TaskSpec> = tasks.iter().filter_map(|id| self.owned.remove(id)).collect();
-        self.publish(None, Some(format!("handing over {} tasks", tasks.len())));
+        self.publish(None, Some(Waiting::HandingOver(tasks.len())));
         let leaving: BTreeSet<TaskId> = tasks.iter().cloned().collect();
         let stopped = self.running.wait_for(|running| running.is_disjoint(&leaving));
         // A task bounds its own drain; the margin covers the join.

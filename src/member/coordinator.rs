@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::*;
+use crate::coordination::election::Elector;
+use crate::topics::discovery::Waiting;
 
 /// A coordinated member's link to the fleet: membership sessions, the leader's controller, and task ownership.
 pub(super) struct Coordinator {
@@ -55,7 +57,7 @@ impl Coordinator {
                         error!(%error, "cannot join the fleet through etcd; retrying");
                         logged_failure = true;
                     }
-                    self.publish_waiting(format!("cannot join the fleet: {error}"));
+                    self.publish_waiting(Waiting::CannotJoin(error.to_string()));
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(POLL_INTERVAL) => continue,
@@ -70,7 +72,7 @@ impl Coordinator {
             }
             // Everything this member held is free and may already run elsewhere: stop, checkpoint, rejoin.
             lock(&self.membership).take();
-            self.publish_waiting("the member's etcd lease expired; rejoining".to_owned());
+            self.publish_waiting(Waiting::LeaseExpired);
             let stopped = self.running.clone();
             let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), async move {
                 let mut stopped = stopped;
@@ -83,7 +85,7 @@ impl Coordinator {
         }
     }
 
-    fn publish_waiting(&self, reason: String) {
+    fn publish_waiting(&self, reason: Waiting) {
         self.shared.metrics.owned_tasks.set(0);
         self.wanted.send_replace(Discovered { waiting_for: Some(reason), ..Discovered::default() });
     }
@@ -116,61 +118,57 @@ impl Coordinator {
             );
             joins.spawn(ownership.run(session.clone()));
         }
+        let (elector, mut observed) = Elector::new(self.etcd.clone(), membership.clone());
+        joins.spawn(elector.run(session.clone()));
         let mut controller: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
-        let mut ticker = tokio::time::interval(POLL_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut fleet_due = tokio::time::Instant::now();
-        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        let mut fleet_view_due = tokio::time::interval(FLEET_VIEW_INTERVAL);
+        fleet_view_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lease_lost = loop {
+            let controller_stopped = async {
+                match controller.as_mut() {
+                    Some((_, handle)) => {
+                        let _ = handle.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break false,
                 _ = lost.cancelled() => break true,
-                _ = ticker.tick() => {}
-            }
-            if controller.as_ref().is_some_and(|(_, handle)| handle.is_finished()) {
-                controller = None;
-            }
-            let leader = match campaign_and_observe(&self.etcd, membership).await {
-                Ok(observed) => {
-                    if let Some(work) = &observed.assignment {
-                        lock(&self.shared.clients).apply_shares(&work.throttles);
+                changed = observed.changed() => {
+                    if changed.is_err() {
+                        // The elector only stops with the session.
+                        break false;
                     }
-                    assigned_tx.send_if_modified(|current| {
-                        let changed = *current != observed.assignment;
-                        *current = observed.assignment.clone();
-                        changed
-                    });
-                    match (observed.leadership, &controller) {
-                        (Some(leadership), None) => controller = Some(self.start_controller(leadership, &session)),
-                        (None, Some((token, _))) => {
-                            info!("no longer the leader; stopping the controller");
-                            token.cancel();
-                            controller = None;
-                        }
-                        _ => {}
-                    }
-                    observed.leader
                 }
-                Err(error) => {
-                    if unreachable_since.is_none() {
-                        warn!(%error, "cannot read the assignment from etcd; running on the current one until it answers");
-                        unreachable_since = Some(tokio::time::Instant::now());
-                    }
+                () = controller_stopped => {
+                    // It could not take over (etcd failed it); still the leader, so try again after a poll.
+                    controller = None;
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+                _ = fleet_view_due.tick() => {
+                    let leader = observed.borrow().as_ref().and_then(|seen| seen.leader.clone());
+                    self.refresh_fleet_view(leader).await;
                     continue;
                 }
-            };
-            if let Some(since) = unreachable_since.take() {
-                info!(after = ?since.elapsed(), "etcd answers again");
             }
-            if tokio::time::Instant::now() >= fleet_due {
-                fleet_due = tokio::time::Instant::now() + FLEET_VIEW_INTERVAL;
-                match fleet_view(&self.etcd).await {
-                    Ok(members) => {
-                        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) =
-                            Some(FleetStatus { member: self.member_id.clone(), leader: leader.clone(), members });
-                    }
-                    Err(error) => debug!(%error, "cannot read the fleet's members"),
+            let Some(seen) = observed.borrow_and_update().clone() else { continue };
+            if let Some(work) = &seen.assignment {
+                lock(&self.shared.clients).apply_shares(&work.throttles);
+            }
+            assigned_tx.send_if_modified(|current| {
+                let changed = *current != seen.assignment;
+                current.clone_from(&seen.assignment);
+                changed
+            });
+            match (seen.leadership, &controller) {
+                (Some(leadership), None) => controller = Some(self.start_controller(leadership, &session)),
+                (None, Some((token, _))) => {
+                    info!("no longer the leader; stopping the controller");
+                    token.cancel();
+                    controller = None;
                 }
+                _ => {}
             }
         };
         session.cancel();
@@ -180,6 +178,16 @@ impl Coordinator {
         }
         while joins.join_next().await.is_some() {}
         lease_lost
+    }
+
+    async fn refresh_fleet_view(&self, leader: Option<String>) {
+        match fleet_view(&self.etcd).await {
+            Ok(members) => {
+                *self.fleet.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(FleetStatus { member: self.member_id.clone(), leader, members });
+            }
+            Err(error) => debug!(%error, "cannot read the fleet's members"),
+        }
     }
 
     fn start_controller(

@@ -28,7 +28,6 @@ use crate::checkpoint::{self, Access, CheckpointStore, Checkpointer, OpenedStore
 use crate::config::watch::{ConfigWatcher, Reload};
 use crate::config::{Config, ConfigError, FlowConfig, Naming};
 use crate::coordination::controller::Controller;
-use crate::coordination::election::campaign_and_observe;
 use crate::coordination::etcd::{Etcd, EtcdError};
 use crate::coordination::membership::{live_members, Membership};
 use crate::coordination::ownership::Ownership;

@@ -39,7 +39,7 @@ pub(super) async fn report_status(
                 lags.push(lag::task_lag(id, &progress.lag_inputs(), end, now_ms));
             }
             let reason = if let Some(waiting) = &discovered.waiting_for {
-                Some(waiting.clone())
+                Some(waiting.to_string())
             } else if !discovered.ever_complete {
                 Some("no complete look at the clusters yet (see ferry_cluster_up and the logs)".to_owned())
             } else if !discovered.complete {

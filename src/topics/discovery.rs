@@ -87,8 +87,40 @@ pub struct Discovered {
     pub complete: bool,
     /// Whether any look has completed since start.
     pub ever_complete: bool,
-    /// Why the set is not final yet, when something other than discovery decides it (task ownership).
-    pub waiting_for: Option<String>,
+    /// Why the set is not final yet, when something other than discovery decides it (the fleet).
+    pub waiting_for: Option<Waiting>,
+}
+
+/// Why a coordinated member's set of tasks is not final yet; shown as the reason `/readyz` fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// The member cannot join the fleet (etcd refuses or does not answer); what etcd said.
+    CannotJoin(String),
+    /// The member's lease expired: it stops its tasks and joins again.
+    LeaseExpired,
+    /// The controller has not assigned this member anything yet.
+    FirstAssignment,
+    /// Tasks assigned to this member whose previous owners have not released them yet.
+    PreviousOwners(usize),
+    /// Assigned flows this member's config does not have yet (a config rollout in progress).
+    UnknownFlows(usize),
+    /// Tasks this member hands over to their next owners.
+    HandingOver(usize),
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::CannotJoin(error) => write!(f, "cannot join the fleet: {error}"),
+            Waiting::LeaseExpired => f.write_str("the member's etcd lease expired; rejoining"),
+            Waiting::FirstAssignment => f.write_str("waiting for the controller's first assignment"),
+            Waiting::PreviousOwners(count) => {
+                write!(f, "waiting for the previous owners of {count} assigned tasks to release them")
+            }
+            Waiting::UnknownFlows(count) => write!(f, "{count} assigned flows are not in this member's config yet"),
+            Waiting::HandingOver(count) => write!(f, "handing over {count} tasks"),
+        }
+    }
 }
 
 /// Polls source metadata for every flow.
