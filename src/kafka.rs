@@ -110,7 +110,7 @@ pub struct ClusterContext {
 impl ClusterContext {
     /// A context for clients of cluster `alias`.
     pub fn new(alias: &str, metrics: &Metrics) -> Self {
-        Self { alias: alias.to_owned(), errors: metrics.client_errors.with_label_values(&[alias]) }
+        Self { alias: alias.to_owned(), errors: metrics.cluster(alias).client_errors }
     }
 
     /// The cluster alias.

@@ -63,12 +63,12 @@ impl Checkpointer {
                         progress.saved(*version);
                     }
                     written += batch.len();
-                    self.metrics.checkpoint_writes.with_label_values(&[&flow]).inc();
+                    self.metrics.checkpoint(&flow).writes.inc();
                     self.lock_last_success().insert(flow.to_string(), Instant::now());
                     debug!(%flow, tasks = batch.len(), "checkpoint written");
                 }
                 Err(error) => {
-                    self.metrics.checkpoint_failures.with_label_values(&[&flow]).inc();
+                    self.metrics.checkpoint(&flow).failures.inc();
                     warn!(%flow, %error, "checkpoint write failed; positions stay unsaved and are retried");
                     first_error.get_or_insert(error);
                 }
@@ -103,7 +103,7 @@ impl Checkpointer {
 
     fn update_age(&self) {
         for (flow, at) in self.lock_last_success().iter() {
-            self.metrics.checkpoint_age_seconds.with_label_values(&[flow]).set(at.elapsed().as_secs_f64());
+            self.metrics.checkpoint(flow).age_seconds.set(at.elapsed().as_secs_f64());
         }
     }
 

@@ -277,7 +277,7 @@ impl Controller {
     fn publish_counts(&self, assignment: &Assignment) {
         self.metrics.assigned_tasks.reset();
         for (member, count) in assignment.counts() {
-            self.metrics.assigned_tasks.with_label_values(&[&member]).set(i64::try_from(count).unwrap_or(i64::MAX));
+            self.metrics.assigned_tasks_of(&member).set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 

@@ -98,10 +98,11 @@ impl Etcd {
             endpoints: endpoints.clone(),
             message: error.to_string(),
         });
-        metrics.etcd_requests.with_label_values(&["connect"]).inc();
-        metrics.etcd_latency.with_label_values(&["connect"]).observe(started.elapsed().as_secs_f64());
+        let connect = metrics.etcd_op("connect");
+        connect.requests.inc();
+        connect.latency.observe(started.elapsed().as_secs_f64());
         if client.is_err() {
-            metrics.etcd_errors.with_label_values(&["connect"]).inc();
+            connect.errors.inc();
         }
         Ok(Self { client: client?, prefix: config.prefix.clone(), endpoints, metrics: metrics.clone() })
     }
@@ -133,9 +134,10 @@ impl Etcd {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let started = Instant::now();
-        self.metrics.etcd_requests.with_label_values(&[op]).inc();
+        let counted = self.metrics.etcd_op(op);
+        counted.requests.inc();
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, request(self.client.clone())).await;
-        self.metrics.etcd_latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        counted.latency.observe(started.elapsed().as_secs_f64());
         let message = match outcome {
             Ok(Ok(value)) => return Ok(value),
             // etcd answers a compaction at or below the last one with OutOfRange: an outcome, not a failure.
@@ -145,7 +147,7 @@ impl Etcd {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
         };
-        self.metrics.etcd_errors.with_label_values(&[op]).inc();
+        counted.errors.inc();
         Err(EtcdError::Request { op, endpoints: self.endpoints.clone(), message })
     }
 }

@@ -60,8 +60,8 @@ impl Clients {
             self.throttles
                 .entry(key)
                 .or_insert_with(|| {
-                    let wait = metrics.throttle_wait_seconds.with_label_values(&[&throttle.from, &throttle.to]);
-                    Arc::new(Throttle::new(throttle.rate.bytes_per_second(), wait))
+                    let series = metrics.throttle(&throttle.from, &throttle.to);
+                    Arc::new(Throttle::new(throttle.rate.bytes_per_second(), series))
                 })
                 .clone()
         });
@@ -91,10 +91,6 @@ impl Clients {
         for throttle in &config.throttles {
             if let Some(limiter) = self.throttles.get(&(throttle.from.clone(), throttle.to.clone())) {
                 limiter.set_rate(throttle.rate.bytes_per_second());
-                self.metrics
-                    .throttle_rate_bytes
-                    .with_label_values(&[&throttle.from, &throttle.to])
-                    .set(i64::try_from(throttle.rate.bytes_per_second()).unwrap_or(i64::MAX));
             }
         }
     }
@@ -112,11 +108,11 @@ impl Clients {
                     );
                 }
                 limiter.set_rate(share.bytes_per_second);
+            } else {
+                // No task of this pair runs here yet; its share still shows, for the dashboard's split.
+                let rate = i64::try_from(share.bytes_per_second).unwrap_or(i64::MAX);
+                self.metrics.throttle(&share.from, &share.to).rate_bytes.set(rate);
             }
-            self.metrics
-                .throttle_rate_bytes
-                .with_label_values(&[&share.from, &share.to])
-                .set(i64::try_from(share.bytes_per_second).unwrap_or(i64::MAX));
         }
     }
 }

@@ -115,7 +115,182 @@ pub struct TaskMetrics {
     pub latency: Histogram,
 }
 
+/// A cluster's series: whether it answers, and its clients' errors.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// `ferry_cluster_up`.
+    pub up: IntGauge,
+    /// `ferry_client_errors_total`.
+    pub client_errors: IntCounter,
+}
+
+/// A region pair's throttle series.
+#[derive(Debug, Clone)]
+pub struct ThrottleMetrics {
+    /// `ferry_throttle_wait_seconds_total`.
+    pub wait_seconds: prometheus::Counter,
+    /// `ferry_throttle_rate_bytes`: this member's share.
+    pub rate_bytes: IntGauge,
+}
+
+/// One flow's checkpoint series.
+#[derive(Debug, Clone)]
+pub struct CheckpointMetrics {
+    /// `ferry_checkpoint_writes_total`.
+    pub writes: IntCounter,
+    /// `ferry_checkpoint_failures_total`.
+    pub failures: IntCounter,
+    /// `ferry_checkpoint_age_seconds`.
+    pub age_seconds: prometheus::Gauge,
+}
+
+/// What `ferry_etcd_*` records for one kind of request.
+#[derive(Debug, Clone)]
+pub struct EtcdOpMetrics {
+    /// `ferry_etcd_requests_total`.
+    pub requests: IntCounter,
+    /// `ferry_etcd_errors_total`.
+    pub errors: IntCounter,
+    /// `ferry_etcd_request_duration_seconds`.
+    pub latency: Histogram,
+}
+
+/// One flow's task gauges: `ferry_tasks` by state.
+#[derive(Debug, Clone)]
+pub struct FlowTaskMetrics {
+    /// Tasks running.
+    pub running: IntGauge,
+    /// Tasks paused (failed, waiting to restart).
+    pub paused: IntGauge,
+}
+
+/// One task's (or, without per-partition labels, one topic's) lag gauges.
+#[derive(Debug, Clone)]
+pub struct LagMetrics {
+    /// `ferry_replication_lag_records`.
+    pub records: IntGauge,
+    /// `ferry_replication_lag_seconds`.
+    pub seconds: prometheus::Gauge,
+}
+
+/// What a target topic sync did, as `ferry_topic_syncs_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicSyncKind {
+    /// A target topic created.
+    Create,
+    /// Partitions added to a target topic.
+    AddPartitions,
+    /// A target topic's configs changed.
+    AlterConfigs,
+}
+
+impl TopicSyncKind {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TopicSyncKind::Create => "create",
+            TopicSyncKind::AddPartitions => "add_partitions",
+            TopicSyncKind::AlterConfigs => "alter_configs",
+        }
+    }
+}
+
+/// The outcome of a config file reload, as `ferry_config_reloads_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new config is running.
+    Applied,
+    /// The new config was refused; the old one runs on.
+    Rejected,
+}
+
+impl ReloadResult {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Rejected => "rejected",
+        }
+    }
+}
+
 impl Metrics {
+    /// A cluster's series.
+    pub fn cluster(&self, alias: &str) -> ClusterMetrics {
+        ClusterMetrics {
+            up: self.cluster_up.with_label_values(&[alias]),
+            client_errors: self.client_errors.with_label_values(&[alias]),
+        }
+    }
+
+    /// The throttle series of the region pair `from` -> `to`.
+    pub fn throttle(&self, from: &str, to: &str) -> ThrottleMetrics {
+        ThrottleMetrics {
+            wait_seconds: self.throttle_wait_seconds.with_label_values(&[from, to]),
+            rate_bytes: self.throttle_rate_bytes.with_label_values(&[from, to]),
+        }
+    }
+
+    /// A flow's checkpoint series.
+    pub fn checkpoint(&self, flow: &str) -> CheckpointMetrics {
+        CheckpointMetrics {
+            writes: self.checkpoint_writes.with_label_values(&[flow]),
+            failures: self.checkpoint_failures.with_label_values(&[flow]),
+            age_seconds: self.checkpoint_age_seconds.with_label_values(&[flow]),
+        }
+    }
+
+    /// The series of one kind of etcd request (a fixed name such as `checkpoint_save`).
+    pub fn etcd_op(&self, op: &str) -> EtcdOpMetrics {
+        EtcdOpMetrics {
+            requests: self.etcd_requests.with_label_values(&[op]),
+            errors: self.etcd_errors.with_label_values(&[op]),
+            latency: self.etcd_latency.with_label_values(&[op]),
+        }
+    }
+
+    /// A flow's task gauges.
+    pub fn flow_tasks(&self, flow: &str) -> FlowTaskMetrics {
+        FlowTaskMetrics {
+            running: self.tasks.with_label_values(&[flow, "running"]),
+            paused: self.tasks.with_label_values(&[flow, "paused"]),
+        }
+    }
+
+    /// `ferry_task_failures_total` of a flow's topic.
+    pub fn task_failures_of(&self, flow: &str, topic: &str) -> IntCounter {
+        self.task_failures.with_label_values(&[flow, topic])
+    }
+
+    /// `ferry_topic_syncs_total` of a flow and kind.
+    pub fn topic_syncs_of(&self, flow: &str, kind: TopicSyncKind) -> IntCounter {
+        self.topic_syncs.with_label_values(&[flow, kind.label()])
+    }
+
+    /// `ferry_config_reloads_total` of a result.
+    pub fn config_reloads_of(&self, result: ReloadResult) -> IntCounter {
+        self.config_reloads.with_label_values(&[result.label()])
+    }
+
+    /// `ferry_assigned_tasks` of a member.
+    pub fn assigned_tasks_of(&self, member: &str) -> IntGauge {
+        self.assigned_tasks.with_label_values(&[member])
+    }
+
+    /// The lag gauges of a task's series.
+    pub fn lag(&self, labels: &TaskLabels) -> LagMetrics {
+        LagMetrics {
+            records: self.lag_records.with_label_values(&labels.values()),
+            seconds: self.lag_seconds.with_label_values(&labels.values()),
+        }
+    }
+
+    /// Drops the lag series of `labels` (a task that moved away or stopped).
+    pub fn remove_lag(&self, labels: &TaskLabels) {
+        let _ = self.lag_records.remove_label_values(&labels.values());
+        let _ = self.lag_seconds.remove_label_values(&labels.values());
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new(per_partition: bool) -> Self {
         let registry = Registry::new();
@@ -256,8 +431,8 @@ impl Metrics {
             },
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for result in ["applied", "rejected"] {
-            metrics.config_reloads.with_label_values(&[result]);
+        for result in [ReloadResult::Applied, ReloadResult::Rejected] {
+            metrics.config_reloads_of(result);
         }
         metrics
     }

@@ -81,13 +81,13 @@ impl LagGauges {
         let mut exported = HashSet::new();
         for ((flow, topic, partition), (records, seconds)) in series {
             let labels = TaskLabels { flow, topic, partition };
-            metrics.lag_records.with_label_values(&labels.values()).set(records);
-            metrics.lag_seconds.with_label_values(&labels.values()).set(seconds);
+            let gauges = metrics.lag(&labels);
+            gauges.records.set(records);
+            gauges.seconds.set(seconds);
             exported.insert(labels);
         }
         for gone in self.exported.difference(&exported) {
-            let _ = metrics.lag_records.remove_label_values(&gone.values());
-            let _ = metrics.lag_seconds.remove_label_values(&gone.values());
+            metrics.remove_lag(gone);
         }
         self.exported = exported;
     }

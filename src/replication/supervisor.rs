@@ -254,7 +254,7 @@ impl Supervisor {
         let failures = self.failures.get(&id).copied().unwrap_or(0) + 1;
         self.failures.insert(id.clone(), failures);
         let backoff = restart_delay(failures, jitter_fraction(&id, failures));
-        self.metrics.task_failures.with_label_values(&[&id.flow, &id.topic]).inc();
+        self.metrics.task_failures_of(&id.flow, &id.topic).inc();
         if let Some(progress) = self.registry.get(&id) {
             progress.set_state(TaskState::Paused(reason.clone()));
         }
@@ -284,8 +284,9 @@ impl Supervisor {
             }
         }
         for (flow, (running, paused)) in counts {
-            self.metrics.tasks.with_label_values(&[flow, "running"]).set(running);
-            self.metrics.tasks.with_label_values(&[flow, "paused"]).set(paused);
+            let gauges = self.metrics.flow_tasks(flow);
+            gauges.running.set(running);
+            gauges.paused.set(paused);
         }
     }
 

@@ -18,6 +18,8 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
+use crate::ops::metrics::ThrottleMetrics;
+
 /// governor's view of tokio's clock.
 #[derive(Debug, Clone, Copy, Default)]
 struct TokioClock;
@@ -60,7 +62,7 @@ type TokioRateLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMid
 #[derive(Debug)]
 pub struct Throttle {
     limiter: RwLock<Arc<Limiter>>,
-    wait_seconds: prometheus::Counter,
+    metrics: ThrottleMetrics,
 }
 
 #[derive(Debug)]
@@ -83,9 +85,11 @@ impl Limiter {
 }
 
 impl Throttle {
-    /// A throttle of `bytes_per_second` (at least 1), counting its waits in `wait_seconds`.
-    pub fn new(bytes_per_second: u64, wait_seconds: prometheus::Counter) -> Self {
-        Self { limiter: RwLock::new(Arc::new(Limiter::new(bytes_per_second))), wait_seconds }
+    /// A throttle of `bytes_per_second` (at least 1), publishing its rate and counting its waits in `metrics`.
+    pub fn new(bytes_per_second: u64, metrics: ThrottleMetrics) -> Self {
+        let limiter = Limiter::new(bytes_per_second);
+        metrics.rate_bytes.set(i64::try_from(limiter.bytes_per_second).unwrap_or(i64::MAX));
+        Self { limiter: RwLock::new(Arc::new(limiter)), metrics }
     }
 
     /// The current rate.
@@ -99,8 +103,9 @@ impl Throttle {
         if self.bytes_per_second() == bytes_per_second.max(1) {
             return;
         }
-        *self.limiter.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Arc::new(Limiter::new(bytes_per_second));
+        let limiter = Limiter::new(bytes_per_second);
+        self.metrics.rate_bytes.set(i64::try_from(limiter.bytes_per_second).unwrap_or(i64::MAX));
+        *self.limiter.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(limiter);
     }
 
     fn current(&self) -> Arc<Limiter> {
@@ -127,7 +132,7 @@ impl Throttle {
             }
         }
         if !waited.is_zero() {
-            self.wait_seconds.inc_by(waited.as_secs_f64());
+            self.metrics.wait_seconds.inc_by(waited.as_secs_f64());
         }
     }
 }
@@ -140,8 +145,9 @@ mod tests {
     use super::*;
 
     fn throttle(bytes_per_second: u64) -> (Throttle, prometheus::Counter) {
-        let counter = prometheus::Counter::new("wait", "wait").unwrap();
-        (Throttle::new(bytes_per_second, counter.clone()), counter)
+        let metrics = crate::ops::metrics::Metrics::new(false).throttle("a", "b");
+        let waited = metrics.wait_seconds.clone();
+        (Throttle::new(bytes_per_second, metrics), waited)
     }
 
     #[tokio::test(start_paused = true)]

@@ -149,7 +149,7 @@ impl Discovery {
         for flow in &self.flows {
             if !source_topics.contains_key(flow.source.as_str()) {
                 let listed = self.admin(&flow.source).topics().await;
-                self.metrics.cluster_up.with_label_values(&[&flow.source]).set(i64::from(listed.is_ok()));
+                self.metrics.cluster(&flow.source).up.set(i64::from(listed.is_ok()));
                 let listed = listed
                     .map_err(
                         |error| warn!(cluster = flow.source.as_str(), %error, "cannot list topics of source cluster"),
@@ -187,14 +187,14 @@ impl Discovery {
         let target = self.admin(&flow.target);
         let ready = match sync::sync(&flow.name, self.admin(&flow.source), target, &pairs, &self.metrics).await {
             Ok(ready) => {
-                self.metrics.cluster_up.with_label_values(&[&flow.target]).set(1);
+                self.metrics.cluster(&flow.target).up.set(1);
                 ready
             }
             Err(error) => {
                 warn!(flow = flow.name.as_str(), %error, "cannot prepare target topics");
                 if matches!(error, crate::topics::admin::AdminError::Request { ref cluster, .. } if *cluster == flow.target)
                 {
-                    self.metrics.cluster_up.with_label_values(&[&flow.target]).set(0);
+                    self.metrics.cluster(&flow.target).up.set(0);
                 }
                 return None;
             }

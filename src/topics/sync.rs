@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, TopicSyncKind};
 use crate::topics::admin::{AdminError, ClusterAdmin, TopicConfigs, TopicInfo};
 
 /// Topic configs that describe the data itself and therefore must be the same on both sides.
@@ -169,24 +169,24 @@ pub async fn sync(
     for action in plan_against(source, target, pairs).await? {
         let (result, topic, kind) = match &action {
             Action::Create { topic, partitions, configs } => {
-                (target.create_topic(topic, *partitions, configs).await, topic, "create")
+                (target.create_topic(topic, *partitions, configs).await, topic, TopicSyncKind::Create)
             }
             Action::AddPartitions { topic, to, .. } => {
-                (target.create_partitions(topic, *to).await, topic, "add_partitions")
+                (target.create_partitions(topic, *to).await, topic, TopicSyncKind::AddPartitions)
             }
             Action::ReplaceConfigs { topic, configs } => {
-                (target.replace_topic_configs(topic, configs).await, topic, "alter_configs")
+                (target.replace_topic_configs(topic, configs).await, topic, TopicSyncKind::AlterConfigs)
             }
         };
         match result {
             Ok(()) => {
-                metrics.topic_syncs.with_label_values(&[flow, kind]).inc();
+                metrics.topic_syncs_of(flow, kind).inc();
                 info!(flow, cluster = target.alias(), "{action}");
             }
             Err(error) => {
                 warn!(flow, cluster = target.alias(), %error, "cannot {action}; retrying at the next discovery");
                 // A config mismatch does not stop replication; a missing topic or partition does.
-                if kind != "alter_configs" {
+                if kind != TopicSyncKind::AlterConfigs {
                     failed.insert(topic.clone());
                 }
             }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{admit, layered, Admitted, Config, ConfigError, ConfigProblem, FlowConfig, SecretCheck};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, ReloadResult};
 
 /// How often the file is read unless [`ConfigWatcher::with_interval`] says otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -193,7 +193,7 @@ impl ConfigWatcher {
                     }
                 }
             }
-            self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+            self.metrics.config_reloads_of(ReloadResult::Applied).inc();
             self.log_applied(&reload);
             self.current = reload.config;
         }
@@ -226,7 +226,7 @@ impl ConfigWatcher {
                 None
             }
             Err(error) => {
-                self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                self.metrics.config_reloads_of(ReloadResult::Rejected).inc();
                 error!(
                     file = %self.path.display(),
                     "config file {} rejected, keeping the running config:\n{error}",
