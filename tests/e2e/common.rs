@@ -468,6 +468,13 @@ impl Drop for KafkaNode {
     }
 }
 
+/// How many members `group` has on the cluster.
+pub fn group_members(bootstrap: &str, group: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let groups = consumer.fetch_group_list(Some(group), Duration::from_secs(10)).unwrap();
+    groups.groups().iter().map(|group| group.members().len()).sum()
+}
+
 /// Commits `offsets` (by partition number) for `group` without joining it.
 pub fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
     let consumer: BaseConsumer = ClientConfig::new()

@@ -237,7 +237,10 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("active member"), "{refused:?}");
     drop(active);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for("the group's last member gone from the target", Duration::from_secs(30), || {
+        (group_members(&env.target, &group) == 0).then_some(())
+    })
+    .await;
 
     let done = failover(&[]);
     let stdout = String::from_utf8_lossy(&done.stdout);

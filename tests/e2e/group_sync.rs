@@ -41,8 +41,13 @@ async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
     commit(&source.bootstrap(), &ignored, &topic, &[1, 1]);
 
     // A consumer on the target moved the group further, then stopped: the sync must not pull it back.
+    let moved_at = ferry::clock::now_ms();
     commit(&env.target, &group, &target_topic, &[90, 70]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A sync round stamps its time before it reads the target's offsets: one stamped later has seen the move.
+    wait_for("a sync round after the move on the target", Duration::from_secs(30), || {
+        (synced_at_ms(state.path(), &flow, &group)? > moved_at + 1).then_some(())
+    })
+    .await;
     assert_eq!(committed(&env.target, &group, &target_topic, 2), [Some(90), Some(70)], "moved backwards");
     assert_eq!(committed(&env.target, &ignored, &target_topic, 2), [None, None], "a group outside the include list");
     // The source group itself rewinds: that is followed.
@@ -75,4 +80,11 @@ async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
     // TOPIC PARTITION SOURCE_OFFSET TARGET_TOPIC TARGET_OFFSET ...
     assert_eq!([rows[0][2], rows[0][4]], ["55", "55"], "{stdout}");
     assert_eq!([rows[1][2], rows[1][4]], ["66", "66"], "{stdout}");
+}
+
+/// When the file store's group sync last stored `group`'s offsets.
+fn synced_at_ms(state: &std::path::Path, flow: &str, group: &str) -> Option<i64> {
+    let bytes = std::fs::read(state.join("groups").join(format!("{flow}.json"))).ok()?;
+    let groups: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    groups[group]["synced_at_ms"].as_i64()
 }

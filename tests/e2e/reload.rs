@@ -106,7 +106,7 @@ async fn a_configmap_swap_adds_and_removes_flows_and_an_invalid_one_is_ignored()
         (replicated(&env, &topic_b) == 200).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Flow B replicated records produced after A's removal; A's, produced at the same time, must not have moved.
     assert_eq!(replicated(&env, &topic_a), 150, "the removed flow A must not replicate anymore");
     assert_eq!(ferry.metric("ferry_config_reloads_total", &[("result", "applied")]), Some(2.0));
     assert_eq!(ferry.get("/healthz").map(|(code, _)| code), Some(200), "no restart happened");

@@ -35,9 +35,10 @@ async fn records_wait_out_a_target_outage_and_arrive_once() {
     for (partition, records) in records.iter().enumerate() {
         produce(&producer, &topic, partition as i32, &records[1_000..2_000]).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let lag = ferry.metric("ferry_replication_lag_records", &[("flow", &flow)]).unwrap();
-    assert!(lag > 0.0, "the records produced during the outage are lag");
+    wait_for("the records produced during the outage counted as lag", Duration::from_secs(30), || {
+        (ferry.metric("ferry_replication_lag_records", &[("flow", &flow)])? > 0.0).then_some(())
+    })
+    .await;
     node.start();
     for (partition, records) in records.iter().enumerate() {
         produce(&producer, &topic, partition as i32, &records[2_000..]).await;

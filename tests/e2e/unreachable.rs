@@ -32,7 +32,11 @@ flows:
     );
     let ferry = Ferry::start(state.path(), &config_text);
     wait_for("ferry's HTTP endpoint", Duration::from_secs(30), || ferry.get("/healthz")).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_for("the unreachable source reported", Duration::from_secs(30), || {
+        (ferry.metric("ferry_cluster_up", &[("cluster", "late-east")]).is_some() && ferry.logs().contains("late-east"))
+            .then_some(())
+    })
+    .await;
     let (code, body) = ferry.get("/readyz").unwrap();
     assert_eq!(code, 503, "not ready while the source is down: {body}");
     assert!(ferry.logs().contains("late-east"), "logs name the unreachable cluster:\n{}", ferry.logs());
