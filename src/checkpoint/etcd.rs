@@ -16,7 +16,6 @@
 //! the same task: the furthest stored entry of a task never disappears.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,6 +26,7 @@ use tracing::{debug, warn};
 
 use super::{Checkpoint, CheckpointStore, GroupOffsets, StoreError, TaskKey};
 use crate::coordination::etcd::Etcd;
+use crate::coordination::keys::{decode_segment, encode_segment};
 
 const FORMAT_VERSION: u32 = 1;
 /// Target size of a chunk's value: 10,000 plain checkpoints fit in about six, and four fit one transaction.
@@ -838,38 +838,6 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     end
 }
 
-/// `segment` with every byte outside `A-Z a-z 0-9 - . _ ~` as `%XX`, so it never holds `/`.
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
-}
-
-/// The inverse of [`encode_segment`]; `None` for a malformed escape or bytes that are not UTF-8.
-fn decode_segment(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] == b'%' {
-            let hex = segment.get(at + 1..at + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            at += 3;
-        } else {
-            out.push(bytes[at]);
-            at += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,19 +855,6 @@ mod tests {
         }
         position.next_source_offset = next;
         Checkpoint { position, written_at_ms: 7 }
-    }
-
-    #[test]
-    fn segments_round_trip_and_never_hold_a_slash() {
-        for name in ["east-to-west", "a.b_c~d", "team a/orders", "100%", "ünï/cödé", ""] {
-            let encoded = encode_segment(name);
-            assert!(!encoded.contains('/'), "{encoded}");
-            assert_eq!(decode_segment(&encoded).as_deref(), Some(name));
-        }
-        assert_eq!(encode_segment("east-to-west"), "east-to-west", "valid flow names stay readable");
-        assert_eq!(decode_segment("%2"), None);
-        assert_eq!(decode_segment("%zz"), None);
-        assert_eq!(decode_segment("%FF"), None, "not UTF-8");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod assignment;
 pub mod controller;
 pub mod election;
 pub mod etcd;
+pub mod keys;
 pub mod membership;
 pub mod ownership;
 
