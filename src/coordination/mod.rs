@@ -6,7 +6,8 @@
 //! - `leader`: the controller's member id (bound to its lease); its create revision is the leadership's identity;
 //! - `assignments/<member>`: what the controller assigned to a member, JSON [`AssignedWork`], written only in
 //!   transactions guarded by that create revision;
-//! - `owners/<flow>/<topic>/<partition>`: the one member running a task (bound to that member's lease);
+//! - `owners/<flow>/<topic>/<partition>`: the one member running a task (bound to that member's lease); `<flow>`
+//!   and `<topic>` are percent-encoded ([`keys`]), so a name holding `/` cannot make one task's key another's;
 //! - `checkpoints/...` and `groups/...`: the checkpoint store's (see [`crate::checkpoint`]).
 //!
 //! Invariant: every key a member writes that says "I hold this" is bound to its lease, so a crashed member's
@@ -16,6 +17,7 @@ pub mod assignment;
 pub mod controller;
 pub mod election;
 pub mod etcd;
+pub mod keys;
 pub mod membership;
 pub mod ownership;
 
@@ -24,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::coordination::etcd::EtcdError;
+use crate::coordination::keys::{decode_segment, encode_segment};
 use crate::replication::progress::TaskId;
 
 /// How often members poll the leader and their assignment, and the controller polls membership. Together with
@@ -136,16 +139,16 @@ pub fn assignment_key(member: &str) -> String {
     format!("assignments/{member}")
 }
 
-/// Key suffix of a task's owner. Flow names and topic names cannot contain `/`, so the key is unambiguous.
+/// Key suffix of a task's owner; flow and topic are percent-encoded segments, so the key names exactly one task.
 pub fn owner_key(task: &TaskId) -> String {
-    format!("owners/{}/{}/{}", task.flow, task.topic, task.partition)
+    format!("owners/{}/{}/{}", encode_segment(&task.flow), encode_segment(&task.topic), task.partition)
 }
 
 /// Parses the suffix of an owner key back into a task id.
 pub fn task_of_owner_key(suffix: &str) -> Option<TaskId> {
     let mut parts = suffix.strip_prefix("owners/")?.splitn(3, '/');
     let (flow, topic, partition) = (parts.next()?, parts.next()?, parts.next()?);
-    Some(TaskId::new(flow, topic, partition.parse().ok()?))
+    Some(TaskId::new(&decode_segment(flow)?, &decode_segment(topic)?, partition.parse().ok()?))
 }
 
 /// A fresh member id: the host name (the pod name on Kubernetes) and a random suffix, so a restarted process is a
@@ -210,6 +213,27 @@ mod tests {
         let task = TaskId::new("east-to-west", "orders.v1", 17);
         assert_eq!(task_of_owner_key(&owner_key(&task)), Some(task));
         assert_eq!(task_of_owner_key("owners/x/y"), None);
+    }
+
+    #[test]
+    fn owner_keys_of_names_with_slashes_and_percents_round_trip_and_stay_apart() {
+        // Unencoded, the first two would both be `owners/a/b/c/0`; a `%` must come back as itself, not as an escape.
+        let tasks = [
+            TaskId::new("a/b", "c", 0),
+            TaskId::new("a", "b/c", 0),
+            TaskId::new("east-to-west", "100%", 1),
+            TaskId::new("east-to-west", "100%25", 1),
+            TaskId::new("east-to-west", "orders/v1", 2),
+        ];
+        let keys: BTreeSet<String> = tasks.iter().map(owner_key).collect();
+        assert_eq!(keys.len(), tasks.len(), "two tasks share an owner key: {keys:?}");
+        for task in &tasks {
+            let key = owner_key(task);
+            assert_eq!(key.matches('/').count(), 3, "{key}");
+            assert_eq!(task_of_owner_key(&key).as_ref(), Some(task), "{key}");
+        }
+        assert_eq!(owner_key(&TaskId::new("east-to-west", "orders.v1", 17)), "owners/east-to-west/orders.v1/17");
+        assert_eq!(task_of_owner_key("owners/a%2/b/0"), None, "a malformed escape is not a task");
     }
 
     #[test]
