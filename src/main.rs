@@ -99,7 +99,7 @@ enum Command {
     },
 }
 
-/// Which group, through which flow: the arguments of `translate` and `failover`.
+/// Which group, through which flow: the arguments of `translate`, `failover` and `failback`.
 #[derive(clap::Args, Debug)]
 struct GroupArgs {
     /// Config file (YAML).
