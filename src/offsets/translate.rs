@@ -168,26 +168,33 @@ mod tests {
         assert_eq!(translate_back(&Position::starting_at(0), 0), Err(TranslateError::NothingReplicated));
     }
 
+    /// A position built from random steps (source gap, target gap, whether the record is skipped), and the
+    /// (source, target) offsets of every replicated record.
+    fn history(steps: &[(i64, i64, bool)]) -> (Position, Vec<(i64, i64)>) {
+        let mut position = Position::starting_at(0);
+        let (mut source, mut target) = (0_i64, 0_i64);
+        let mut replicated = Vec::new();
+        for &(source_gap, target_gap, skipped) in steps {
+            source += source_gap;
+            target += target_gap;
+            if skipped {
+                position.skipped(source);
+            } else {
+                position.acknowledged(source, target);
+                replicated.push((source, target));
+                target += 1;
+            }
+            source += 1;
+        }
+        (position, replicated)
+    }
+
     proptest! {
         /// The inverse rule on the same histories: every committed target offset maps back to the source offset of
         /// the first replicated record at or after it.
         #[test]
         fn failing_back_never_skips_and_never_redelivers(steps in prop::collection::vec((0i64..3, 0i64..3, any::<bool>()), 1..1200)) {
-            let mut position = Position::starting_at(0);
-            let (mut source, mut target) = (0_i64, 0_i64);
-            let mut replicated = Vec::new();
-            for (source_gap, target_gap, skipped) in steps {
-                source += source_gap;
-                target += target_gap;
-                if skipped {
-                    position.skipped(source);
-                } else {
-                    position.acknowledged(source, target);
-                    replicated.push((source, target));
-                    target += 1;
-                }
-                source += 1;
-            }
+            let (position, replicated) = history(&steps);
             prop_assume!(!replicated.is_empty());
             let (first, end) = (replicated[0].1, position.next_target_offset.unwrap());
             for committed in first..=end {
@@ -212,21 +219,7 @@ mod tests {
         /// every committed offset maps to the first replicated record at or after it.
         #[test]
         fn never_skips_and_never_redelivers(steps in prop::collection::vec((0i64..3, 0i64..3, any::<bool>()), 1..1200)) {
-            let mut position = Position::starting_at(0);
-            let (mut source, mut target) = (0_i64, 0_i64);
-            let mut replicated = Vec::new();
-            for (source_gap, target_gap, skipped) in steps {
-                source += source_gap;
-                target += target_gap;
-                if skipped {
-                    position.skipped(source);
-                } else {
-                    position.acknowledged(source, target);
-                    replicated.push((source, target));
-                    target += 1;
-                }
-                source += 1;
-            }
+            let (position, replicated) = history(&steps);
             prop_assume!(!replicated.is_empty());
             let first = replicated[0].0;
             for committed in first..=position.next_source_offset {
