@@ -23,14 +23,30 @@ pub enum ClientError {
     /// A `client` property could not be resolved (missing secret file or variable).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// librdkafka refused the configuration.
-    #[error("cannot create a Kafka client for cluster {cluster}: {source}")]
+    /// librdkafka refused to create the client.
+    #[error("cannot create a Kafka client for cluster {cluster}: {message}")]
     Create {
         /// Cluster alias.
         cluster: String,
-        /// librdkafka's error.
-        source: KafkaError,
+        /// librdkafka's error, with every secret of the cluster's config redacted (its texts may quote a value).
+        message: String,
     },
+}
+
+impl ClientError {
+    /// librdkafka's refusal to create a client of cluster `alias`, with the cluster's secret values taken out of its
+    /// text: librdkafka quotes the values it rejects, and a secret must never reach a log.
+    pub fn create(alias: &str, cluster: &ClusterConfig, source: &KafkaError) -> Self {
+        let mut message = source.to_string();
+        if let Ok(properties) = cluster.client_properties(alias) {
+            for (_, value) in properties.iter().filter(|(_, value)| value.is_sensitive()) {
+                if !value.expose().is_empty() {
+                    message = message.replace(value.expose(), "<redacted>");
+                }
+            }
+        }
+        ClientError::Create { cluster: alias.to_owned(), message }
+    }
 }
 
 /// The role a client plays, which decides ferry's default properties.
@@ -165,6 +181,21 @@ pub fn is_retriable(error: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_creation_errors_never_show_a_secret() {
+        let secret_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret_file.path(), "user-from-file\n").unwrap();
+        let cluster: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "bootstrap_servers": "127.0.0.1:1",
+            "client": { "sasl.password": "hunter2-inline", "sasl.username": { "file": secret_file.path() } }
+        }))
+        .unwrap();
+        let quoted = KafkaError::ClientCreation("bad login user-from-file with hunter2-inline".to_owned());
+        let error = ClientError::create("us-east", &cluster, &quoted).to_string();
+        assert!(!error.contains("hunter2-inline") && !error.contains("user-from-file"), "{error}");
+        assert!(error.contains("us-east") && error.contains("<redacted>"), "{error}");
+    }
 
     #[test]
     fn oversize_records_are_permanent_and_timeouts_are_not() {

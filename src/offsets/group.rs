@@ -50,7 +50,7 @@ impl GroupClient {
         client.set("group.id", group).set("enable.auto.commit", "false");
         let consumer = client
             .create_with_context(ClusterContext::new(alias, metrics))
-            .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
+            .map_err(|source| ClientError::create(alias, &config.clusters[alias], &source))?;
         Ok(Self { consumer, group: group.to_owned(), cluster: alias.to_owned() })
     }
 

@@ -62,9 +62,8 @@ impl SourceConsumer {
         let mut config = client_config(alias, cluster, Role::Consumer)?;
         config.set("client.id", format!("ferry-{flow}-{alias}"));
         let context = ClusterContext::new(alias, metrics);
-        let consumer: StreamConsumer<ClusterContext> = config
-            .create_with_context(context)
-            .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
+        let consumer: StreamConsumer<ClusterContext> =
+            config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))?;
         let consumer = Arc::new(consumer);
         let driver = tokio::spawn(serve_main_queue(consumer.clone(), alias.to_owned()));
         Ok(Self { alias: alias.to_owned(), consumer, driver })

@@ -134,7 +134,7 @@ impl TargetProducer {
         let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
         let producer = client_config(alias, cluster, Role::Producer)?
             .create_with_context(context)
-            .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
+            .map_err(|source| ClientError::create(alias, cluster, &source))?;
         Ok(Self { alias: alias.to_owned(), producer: Arc::new(producer) })
     }
 

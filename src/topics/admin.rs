@@ -70,7 +70,7 @@ impl ClusterAdmin {
     pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, AdminError> {
         let admin = client_config(alias, cluster, Role::Admin)?
             .create_with_context(ClusterContext::new(alias, metrics))
-            .map_err(|source| ClientError::Create { cluster: alias.to_owned(), source })?;
+            .map_err(|source| ClientError::create(alias, cluster, &source))?;
         Ok(Self { alias: alias.to_owned(), admin })
     }
 
