@@ -72,24 +72,16 @@ enum Command {
     Failover {
         #[command(flatten)]
         group: GroupArgs,
-        /// Show what would be committed, commit nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Commit even while the group has active members on the target.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        commit: CommitArgs,
     },
     /// Move a group back to the flow's source cluster after a failover: its offsets on the target's remote topics
     /// translated back (and on the target's own topics through the reverse flow), committed on the source.
     Failback {
         #[command(flatten)]
         group: GroupArgs,
-        /// Show what would be committed, commit nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Commit even while the group has active members on the source.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        commit: CommitArgs,
     },
     /// Show a running member's readiness and per-flow lag.
     Status {
@@ -111,6 +103,17 @@ struct GroupArgs {
     /// Consumer group.
     #[arg(long)]
     group: String,
+}
+
+/// How `failover` and `failback` commit.
+#[derive(clap::Args, Debug)]
+struct CommitArgs {
+    /// Show what would be committed, commit nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Commit even while the group has active members on the cluster the offsets are committed on.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Output format of `translate`.
@@ -198,7 +201,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Failover { group: GroupArgs { config, flow, group }, dry_run, force } => {
+        Command::Failover { group: GroupArgs { config, flow, group }, commit: CommitArgs { dry_run, force } } => {
             let config = load_admitted(&config)?;
             let translation = translate_group(&config, &flow, &group)?;
             print_offsets(&translation);
@@ -211,7 +214,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             println!("committed {committed} offsets for group {group}");
             Ok(())
         }
-        Command::Failback { group: GroupArgs { config, flow, group }, dry_run, force } => {
+        Command::Failback { group: GroupArgs { config, flow, group }, commit: CommitArgs { dry_run, force } } => {
             let config = load_admitted(&config)?;
             let plan = runtime()?
                 .block_on(ferry::offsets::failover::failback_plan(&config, &flow, &group))
