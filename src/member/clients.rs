@@ -8,7 +8,21 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::*;
+use crate::config::Config;
+use crate::config::FlowConfig;
+use crate::config::Naming;
+use crate::coordination::ThrottleShare;
+use crate::ops::metrics::Metrics;
+use crate::replication::source::SourceConsumer;
+use crate::replication::supervisor::FlowRuntime;
+use crate::replication::target::TargetProducer;
+use crate::replication::task::Provenance;
+use crate::replication::throttle::Throttle;
+use crate::topics::admin::ClusterAdmin;
+use crate::topics::discovery::Discovery;
+use crate::topics::discovery::FlowTopics;
+
+use super::MemberError;
 
 /// The Kafka clients and throttles, built once per cluster alias, flow or throttle and reused across reloads.
 pub(super) struct Clients {

@@ -14,7 +14,22 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::*;
+use crate::coordination::controller::Controller;
+use crate::coordination::etcd::Etcd;
+use crate::coordination::membership::live_members;
+use crate::coordination::membership::Membership;
+use crate::coordination::ownership::Ownership;
+use crate::coordination::read_assignments;
+use crate::coordination::AssignedWork;
+use crate::coordination::CoordinationError;
+use crate::coordination::MemberInfo;
+use crate::coordination::POLL_INTERVAL;
+use crate::ops::http::FleetMember;
+use crate::ops::http::FleetStatus;
+use crate::replication::progress::TaskId;
+use crate::topics::discovery::Discovered;
+
+use super::{lead, lock, Shared, DRAIN_TIMEOUT, FLEET_VIEW_INTERVAL};
 use crate::coordination::election::Elector;
 use crate::topics::discovery::Waiting;
 

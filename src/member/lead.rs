@@ -11,7 +11,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use super::*;
+use crate::offsets::group_sync::GroupSync;
+use crate::replication::progress::TaskId;
+use crate::topics::discovery::Discovered;
+
+use super::{lock, Shared};
 
 /// Runs what the fleet needs once: discovery into `output`, and group offset sync. Restarts both with each new
 /// config. `seed` are tasks known before the first look (an inherited assignment).

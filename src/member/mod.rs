@@ -25,28 +25,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{self, Access, CheckpointStore, Checkpointer, OpenedStore, StoreError};
-use crate::config::watch::{ConfigWatcher, Reload};
-use crate::config::{Config, ConfigError, FlowConfig, Naming};
-use crate::coordination::controller::Controller;
+use crate::config::watch::ConfigWatcher;
+use crate::config::{Config, ConfigError};
 use crate::coordination::etcd::{Etcd, EtcdError};
-use crate::coordination::membership::{live_members, Membership};
-use crate::coordination::ownership::Ownership;
-use crate::coordination::{
-    new_member_id, read_assignments, AssignedWork, CoordinationError, MemberInfo, ThrottleShare, POLL_INTERVAL,
-};
+use crate::coordination::membership::Membership;
+use crate::coordination::new_member_id;
 use crate::kafka::ClientError;
-use crate::offsets::group_sync::GroupSync;
-use crate::ops::http::{self, FleetMember, FleetStatus, HttpError, HttpState, Status};
+use crate::ops::http::{self, FleetStatus, HttpError, HttpState, Status};
 use crate::ops::metrics::Metrics;
-use crate::replication::lag::{self, LagGauges};
-use crate::replication::progress::{Registry, TaskId};
-use crate::replication::source::{SourceConsumer, SourceError};
-use crate::replication::supervisor::{FlowRuntime, FlowUpdate, Supervisor};
+use crate::replication::progress::Registry;
+use crate::replication::source::SourceError;
+use crate::replication::supervisor::{FlowUpdate, Supervisor};
 use crate::replication::target::TargetProducer;
-use crate::replication::task::Provenance;
-use crate::replication::throttle::Throttle;
-use crate::topics::admin::{AdminError, ClusterAdmin};
-use crate::topics::discovery::{Discovered, Discovery, FlowTopics};
+use crate::topics::admin::AdminError;
+use crate::topics::discovery::Discovered;
 
 use self::clients::Clients;
 use self::coordinator::{advertised, Coordinator};

@@ -10,7 +10,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::*;
+use crate::config::watch::Reload;
+use crate::config::Config;
+use crate::replication::supervisor::FlowUpdate;
+
+use super::{lock, Shared};
 
 /// Applies each valid config reload: flows added, removed or changed, and throttle budgets.
 pub(super) async fn apply_reloads(

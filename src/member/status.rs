@@ -8,7 +8,13 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::*;
+use crate::ops::http::FleetStatus;
+use crate::ops::http::Status;
+use crate::replication::lag;
+use crate::replication::lag::LagGauges;
+use crate::topics::discovery::Discovered;
+
+use super::{lock, Shared, STATUS_INTERVAL};
 
 /// Refreshes the lag gauges, readiness and `/status` every second.
 pub(super) async fn report_status(
