@@ -236,3 +236,25 @@ fn one_shot_commands_refuse_what_run_refuses() {
         assert!(stderr.contains("clusters.us-east.client.sasl.password"), "{command:?}:\n{stderr}");
     }
 }
+
+#[test]
+fn one_shot_commands_name_an_unreachable_etcd_and_create_no_local_state() {
+    let config = with_etcd("prefix: /ferry/cli-test");
+    let group = ["--flow", "east-to-west", "--group", "g", "--config"];
+    for command in [&[&["translate"][..], &group[..]].concat(), &[&["failback"][..], &group[..]].concat()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.yaml");
+        std::fs::write(&path, &config).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(command)
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(stderr.contains("etcd") && stderr.contains("http://127.0.0.1:1"), "{command:?}: {stderr}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(left, ["ferry.yaml"], "{command:?} left local state behind");
+    }
+}
