@@ -221,7 +221,7 @@ fn full_example_round_trips() {
                     exclude: vec![".*\\.internal".into()],
                 },
                 naming: Naming::Prefix,
-                delivery: Delivery::ExactlyOnce,
+                delivery: Delivery::AtLeastOnce,
                 sync_group_offsets: GroupOffsetSync::default(),
                 emit_mm2_checkpoints: false,
             },
