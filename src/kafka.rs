@@ -74,8 +74,9 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
-                // A checkpoint below the log start (retention) resumes at the earliest record still there.
-                .set("auto.offset.reset", "earliest")
+                // A position the source no longer has (retention deleted it, or the topic was recreated) is an
+                // error the task handles: it counts what it never saw before it moves on (never a silent jump).
+                .set("auto.offset.reset", "error")
                 // librdkafka prefetches per partition (each task has its own partition queue); its defaults
                 // (64 MiB and 100,000 records each) do not fit thousands of tasks. A partition is fetched again
                 // while its queue holds less than 1 MiB and fewer than 5,000 records, and one fetch brings at

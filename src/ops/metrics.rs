@@ -24,6 +24,8 @@ pub struct Metrics {
     pub duplicates: IntCounterVec,
     /// Records consumed but deliberately not replicated, by reason.
     pub records_skipped: IntCounterVec,
+    /// Source records ferry never copied because the source deleted them first, by reason.
+    pub records_lost: IntCounterVec,
     /// Source records not yet acknowledged by the target.
     pub lag_records: IntGaugeVec,
     /// Age of the oldest source record not yet acknowledged by the target.
@@ -111,6 +113,8 @@ pub struct TaskMetrics {
     pub duplicates: IntCounter,
     /// Records skipped as loops.
     pub skipped_loop: IntCounter,
+    /// Records the source deleted (retention) before the task read them.
+    pub lost_source_retention: IntCounter,
     /// End-to-end latency of this task's flow.
     pub latency: Histogram,
 }
@@ -324,6 +328,13 @@ impl Metrics {
                 Opts::new("ferry_records_skipped_total", "Source records deliberately not replicated, by reason."),
                 &["flow", "topic", "partition", "reason"]
             )),
+            records_lost: register!(IntCounterVec::new(
+                Opts::new(
+                    "ferry_records_lost_total",
+                    "Source records ferry never copied because the source deleted them first (source_retention)."
+                ),
+                &["flow", "topic", "partition", "reason"]
+            )),
             lag_records: register!(IntGaugeVec::new(
                 Opts::new("ferry_replication_lag_records", "Source records not yet acknowledged by the target."),
                 task_labels
@@ -455,6 +466,12 @@ impl Metrics {
             bytes: self.bytes_replicated.with_label_values(&values),
             duplicates: self.duplicates.with_label_values(&values),
             skipped_loop: self.records_skipped.with_label_values(&[values[0], values[1], values[2], "loop"]),
+            lost_source_retention: self.records_lost.with_label_values(&[
+                values[0],
+                values[1],
+                values[2],
+                "source_retention",
+            ]),
             latency: self.end_to_end_latency.with_label_values(&[flow]),
         }
     }
@@ -480,6 +497,7 @@ impl Metrics {
             &self.bytes_replicated,
             &self.duplicates,
             &self.records_skipped,
+            &self.records_lost,
             &self.lag_records,
             &self.lag_seconds,
             &self.end_to_end_latency,

@@ -53,6 +53,18 @@ pub enum SourceError {
         /// librdkafka's error (boxed: errors travel through every task's hot-path `Result`).
         source: Box<KafkaError>,
     },
+    /// The partition's log start and end offsets could not be read.
+    #[error("cannot read the offsets of {topic}[{partition}] on cluster {cluster}: {source}")]
+    Watermarks {
+        /// Cluster alias.
+        cluster: String,
+        /// Source topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// librdkafka's error.
+        source: Box<KafkaError>,
+    },
 }
 
 impl SourceConsumer {
@@ -89,6 +101,32 @@ impl SourceConsumer {
         assignment.add_partition_offset(topic, partition, Offset::Offset(next_offset)).map_err(assign_error)?;
         self.consumer.incremental_assign(&assignment).map_err(assign_error)?;
         Ok(queue)
+    }
+
+    /// Assigns the partition again from `offset`: how a task moves on after its position became invalid (librdkafka
+    /// leaves such a partition in an error state that a seek cannot leave). The partition queue stays the task's.
+    pub fn restart_at(&self, topic: &str, partition: i32, offset: i64) -> Result<(), SourceError> {
+        let assign_error = |source| SourceError::Assign {
+            cluster: self.alias.clone(),
+            topic: topic.to_owned(),
+            partition,
+            source: Box::new(source),
+        };
+        self.detach(topic, partition);
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(assign_error)?;
+        self.consumer.incremental_assign(&assignment).map_err(assign_error)
+    }
+
+    /// The partition's log start and end offsets, asked of its leader.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), SourceError> {
+        tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, partition, crate::kafka::REQUEST_TIMEOUT))
+            .map_err(|source| SourceError::Watermarks {
+                cluster: self.alias.clone(),
+                topic: topic.to_owned(),
+                partition,
+                source: Box::new(source),
+            })
     }
 
     /// Unassigns the partition; its queue may be dropped afterwards.

@@ -110,6 +110,22 @@ pub enum TaskError {
         /// What was seen.
         detail: String,
     },
+    /// The source partition ends before the task's position: the topic was deleted and recreated, or truncated.
+    /// Reading the new partition from the old position would skip its records, so the task waits.
+    #[error(
+        "source partition {topic}[{partition}] ends at offset {end}, before this task's position {position}: the topic \
+         was recreated or truncated; its checkpoint no longer applies (delete it to replicate the new topic from its start)"
+    )]
+    SourceBehindPosition {
+        /// Source topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The partition's end offset.
+        end: i64,
+        /// The task's next source offset.
+        position: i64,
+    },
 }
 
 impl TaskError {
@@ -118,17 +134,36 @@ impl TaskError {
         match self {
             TaskError::Rejected { error, .. } => crate::kafka::is_retriable(error),
             TaskError::Attach(_) | TaskError::Unordered { .. } => true,
+            TaskError::SourceBehindPosition { .. } => false,
         }
     }
 }
 
 /// A record handed to the producer (or deliberately skipped) and not yet accounted for.
 struct Pending {
+    /// The source offset (for a lost range, its last offset).
     offset: i64,
     timestamp_ms: Option<i64>,
     bytes: usize,
-    /// `false` for a record that is skipped, not produced: no acknowledgement will come for it.
-    produced: bool,
+    /// What becomes of it; only a produced record gets an acknowledgement.
+    fate: Fate,
+}
+
+/// What becomes of a source offset a task has taken up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Produced to the target; settled by its acknowledgement.
+    Produced,
+    /// Not replicated because it came from the target (identity naming's loop guard).
+    SkippedLoop,
+    /// The end of a range the source deleted before the task read it (retention overtook replication).
+    Lost,
+}
+
+impl Pending {
+    fn produced(&self) -> bool {
+        self.fate == Fate::Produced
+    }
 }
 
 struct Replication<'a> {
@@ -151,6 +186,8 @@ struct Replication<'a> {
     last_acked_timestamp_ms: Option<i64>,
     /// Set until the first acknowledgement of a cautious start.
     cautious: bool,
+    /// The source offset the task expects to read next: after the last record it took up.
+    next_fetch: i64,
     /// Acknowledged records and bytes not yet added to the shared counters. All tasks of a topic share one
     /// counter (and all tasks of a flow one latency histogram), so per-record updates would contend across
     /// threads; they are added once per batch of acknowledgements, in `publish`.
@@ -171,7 +208,7 @@ impl Replication<'_> {
     /// Adds a record to `pending`, keeping the counters over it in step.
     fn track(&mut self, record: Pending) {
         self.pending_bytes += record.bytes;
-        self.unacknowledged += usize::from(record.produced);
+        self.unacknowledged += usize::from(record.produced());
         self.pending.push_back(record);
     }
 
@@ -179,7 +216,7 @@ impl Replication<'_> {
     fn untrack_front(&mut self) -> Option<Pending> {
         let record = self.pending.pop_front()?;
         self.pending_bytes -= record.bytes;
-        self.unacknowledged -= usize::from(record.produced);
+        self.unacknowledged -= usize::from(record.produced());
         Some(record)
     }
 
@@ -240,10 +277,13 @@ impl Replication<'_> {
 
     /// Skipped records at the front are done: nothing before them waits for an acknowledgement.
     fn settle_skipped(&mut self) {
-        while let Some(offset) = self.pending.front().filter(|record| !record.produced).map(|record| record.offset) {
+        while let Some(record) = self.pending.front().filter(|record| !record.produced()) {
+            let (offset, fate) = (record.offset, record.fate);
             self.untrack_front();
             self.position.skipped(offset);
-            self.ctx.metrics.skipped_loop.inc();
+            if fate == Fate::SkippedLoop {
+                self.ctx.metrics.skipped_loop.inc();
+            }
         }
     }
 
@@ -276,6 +316,7 @@ impl Replication<'_> {
     /// over.
     async fn forward(&mut self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> Result<bool, TaskError> {
         let offset = message.offset();
+        self.next_fetch = offset + 1;
         let timestamp_ms = message.timestamp().to_millis();
         let mut bytes = message.key_len() + message.payload_len();
         let mut headers = None;
@@ -291,7 +332,7 @@ impl Replication<'_> {
         }
         if let Some(provenance) = &self.ctx.provenance {
             if origin == Some(provenance.target_alias.as_bytes()) {
-                self.track(Pending { offset, timestamp_ms, bytes, produced: false });
+                self.track(Pending { offset, timestamp_ms, bytes, fate: Fate::SkippedLoop });
                 return Ok(true);
             }
             if origin.is_none() {
@@ -330,7 +371,7 @@ impl Replication<'_> {
         loop {
             match self.ctx.target.send(record) {
                 Ok(()) => {
-                    self.track(Pending { offset, timestamp_ms, bytes, produced: true });
+                    self.track(Pending { offset, timestamp_ms, bytes, fate: Fate::Produced });
                     return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -392,6 +433,9 @@ impl Replication<'_> {
                                     return Ok(());
                                 }
                             }
+                            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                                self.move_past_deleted_records()?;
+                            }
                             Err(error) => {
                                 warn!(task = %self.ctx.spec.id, %error, "source partition error; librdkafka retries");
                             }
@@ -405,12 +449,59 @@ impl Replication<'_> {
                             None => break,
                         };
                     }
-                    if self.pending.front().is_some_and(|record| !record.produced) {
+                    if self.pending.front().is_some_and(|record| !record.produced()) {
                         self.settle()?;
                     }
                 },
             }
         }
+    }
+
+    /// The source no longer has the offset the task reads next. Below the partition's log start, the records in
+    /// between were deleted before the task read them (retention overtook replication, or `DeleteRecords`): they
+    /// are counted in `ferry_records_lost_total`, logged with their range and passed in the position like skipped
+    /// offsets (a group positioned among them translates to the first record after them); then the task reads on
+    /// from the log start. A task that never had a record acknowledged starts at the log start without counting:
+    /// ferry never saw what was deleted before it started. Past the partition's end, the task stops and waits.
+    fn move_past_deleted_records(&mut self) -> Result<(), TaskError> {
+        let id = &self.ctx.spec.id;
+        let (log_start, end) =
+            self.ctx.source.watermarks(&id.topic, id.partition).map_err(|error| TaskError::Attach(Box::new(error)))?;
+        let next = self.next_fetch;
+        if next > end {
+            return Err(TaskError::SourceBehindPosition {
+                topic: id.topic.to_string(),
+                partition: id.partition,
+                end,
+                position: next,
+            });
+        }
+        if log_start > next {
+            let never_replicated = self.position.next_target_offset.is_none() && self.pending.is_empty();
+            if never_replicated {
+                info!(task = %id, log_start, "the source partition starts at its log start offset; replicating from there");
+            } else {
+                let lost = log_start - next;
+                self.ctx.metrics.lost_source_retention.inc_by(u64::try_from(lost).unwrap_or(0));
+                warn!(
+                    task = %id,
+                    first_lost = next,
+                    last_lost = log_start - 1,
+                    lost,
+                    "the source deleted records before ferry copied them (retention overtook replication); \
+                     counted in ferry_records_lost_total"
+                );
+            }
+            self.track(Pending { offset: log_start - 1, timestamp_ms: None, bytes: 0, fate: Fate::Lost });
+            self.settle_skipped();
+        }
+        let from = log_start.max(next);
+        self.ctx
+            .source
+            .restart_at(&id.topic, id.partition, from)
+            .map_err(|error| TaskError::Attach(Box::new(error)))?;
+        self.next_fetch = from;
+        Ok(())
     }
 
     /// Waits (up to the drain timeout) for what is in flight, so the last checkpoint covers it.
@@ -467,6 +558,7 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         .source
         .attach(&topic, partition, position.next_source_offset)
         .map_err(|e| TaskError::Attach(Box::new(e)))?;
+    let next_fetch = position.next_source_offset;
     let mut replication = Replication {
         ctx: &ctx,
         position,
@@ -479,6 +571,7 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         refused: false,
         last_acked_timestamp_ms: None,
         cautious: ctx.cautious_start,
+        next_fetch,
         unpublished_records: 0,
         unpublished_bytes: 0,
         latency: ctx.metrics.latency.local(),

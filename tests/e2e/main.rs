@@ -19,5 +19,6 @@ mod reload;
 mod restart;
 mod runtime_topics;
 mod shutdown;
+mod source_retention;
 mod target_outage;
 mod unreachable;

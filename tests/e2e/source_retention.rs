@@ -1,0 +1,95 @@
+//! Loss the source causes is never silent: records the source deletes (retention, `DeleteRecords`) before ferry
+//! copied them are counted in `ferry_records_lost_total{reason="source_retention"}` and logged with their range,
+//! ferry reads on from the log start, and translation maps a group positioned among them to the first record after
+//! them. Records deleted before ferry ever replicated a partition were never ferry's to lose: not counted.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::admin::AdminOptions;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::common::*;
+
+/// Deletes the records of partition 0 of `topic` before `offset` (what retention does to old segments).
+async fn delete_records_before(bootstrap: &str, topic: &str, offset: i64) {
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(topic, 0, Offset::Offset(offset)).unwrap();
+    let deleted = admin(bootstrap).delete_records(&cut, &AdminOptions::new()).await.unwrap();
+    assert!(deleted.elements().iter().all(|element| element.error().is_ok()), "DeleteRecords failed: {deleted:?}");
+}
+
+fn ids(records: &[(i64, Record)]) -> Vec<String> {
+    records.iter().map(|(_, record)| record.id()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_by_the_source_before_ferry_copied_them_are_counted_and_translation_knows_the_gap() {
+    let env = test_env!();
+    let base = unique("ret");
+    let (lagging, fresh) = (format!("{base}-lagging"), format!("{base}-fresh"));
+    let flow = unique("ret");
+    let state = tempfile::tempdir().unwrap();
+    let producer = producer(&env.source);
+    for topic in [&lagging, &fresh] {
+        create_topic(&env.source, topic, 1, &[]).await;
+        let records: Vec<Record> = (0..100).map(|seq| Record::numbered(topic, 0, seq)).collect();
+        produce(&producer, topic, 0, &records).await;
+    }
+    // Deleted before ferry ever read the partition: never ferry's to lose.
+    delete_records_before(&env.source, &fresh, 40).await;
+
+    let config = config(&env, state.path(), &flow, &format!("{base}-.*"), "");
+    let ferry = Ferry::start(state.path(), &config);
+    wait_for("both partitions checkpointed at 100", Duration::from_secs(60), || {
+        let positions = stored_positions(state.path(), &flow);
+        [&lagging, &fresh].iter().all(|topic| positions.get(&((*topic).clone(), 0)) == Some(&100)).then_some(())
+    })
+    .await;
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+
+    // While ferry is down, 200 more records arrive and retention deletes up to offset 250: 150 of them are gone
+    // before ferry could copy them.
+    let more: Vec<Record> = (100..300).map(|seq| Record::numbered(&lagging, 0, seq)).collect();
+    produce(&producer, &lagging, 0, &more).await;
+    delete_records_before(&env.source, &lagging, 250).await;
+
+    let ferry = Ferry::start_with(state.path().join("ferry.yaml"), free_port(), &[]);
+    wait_for("the lagging partition checkpointed at 300", Duration::from_secs(60), || {
+        (stored_positions(state.path(), &flow).get(&(lagging.clone(), 0)) == Some(&300)).then_some(())
+    })
+    .await;
+    let lost = |topic: &str| {
+        ferry.metric("ferry_records_lost_total", &[("flow", &flow), ("topic", topic), ("reason", "source_retention")])
+    };
+    wait_for("the loss counted", Duration::from_secs(10), || (lost(&lagging)? == 150.0).then_some(())).await;
+    assert_eq!(lost(&fresh), Some(0.0), "records deleted before ferry replicated the partition are not ferry's loss");
+    let logs = ferry.logs();
+    assert!(
+        logs.contains("first_lost=100") && logs.contains("last_lost=249") && logs.contains(&lagging),
+        "the log names the topic and the lost range:\n{logs}"
+    );
+
+    // The target holds what the source held when ferry read it: nothing else is missing, nothing is doubled.
+    let expected: Vec<String> = (0..100).chain(250..300).map(|seq| Record::numbered(&lagging, 0, seq).id()).collect();
+    assert_eq!(ids(&read_partition(&env.target, &format!("src.{lagging}"), 0)), expected);
+    let fresh_expected: Vec<String> = (40..100).map(|seq| Record::numbered(&fresh, 0, seq).id()).collect();
+    assert_eq!(ids(&read_partition(&env.target, &format!("src.{fresh}"), 0)), fresh_expected);
+
+    // A group that had read up to offset 120 (inside the deleted range) resumes on the target at the first record
+    // after the gap: source offset 250, which landed on target offset 100.
+    let group = unique("inside-the-gap");
+    commit(&env.source, &group, &lagging, &[120]);
+    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["translate", "--format", "json", "--config"])
+        .arg(state.path().join("ferry.yaml"))
+        .args(["--flow", &flow, "--group", &group])
+        .output()
+        .unwrap();
+    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|row| row["topic"] == lagging.as_str()).unwrap();
+    assert_eq!(row["target_offset"], 100, "{row}");
+    assert_eq!(row["may_redeliver"], 0, "{row}");
+}
