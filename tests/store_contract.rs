@@ -147,6 +147,7 @@ fn varied_tasks() -> BTreeMap<TaskKey, Checkpoint> {
             SyncPoint { source: 600, target: 450, coarse: true },
             SyncPoint::new(800, 600),
         ],
+        lost: vec![ferry::replication::progress::LostRange { first: 850, last: 870 }],
     };
     BTreeMap::from([
         (task("orders", 0), plain(10)),

@@ -155,7 +155,17 @@ pub fn translate_committed<'a>(
         let Some(&source_offset) = committed.get(&(key.topic.clone(), key.partition)) else { continue };
         let (target_offset, not_yet_replicated, may_redeliver, note) = match translate(position, source_offset) {
             Ok(translation) => {
-                (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, None)
+                // The rule already maps an offset inside a lost range to the first record after it; say why.
+                let note = position.lost_range_of(source_offset).map(|range| {
+                    format!(
+                        "source offsets {}..={} were deleted by the source before ferry copied them; {} from this \
+                         offset on are not on the target",
+                        range.first,
+                        range.last,
+                        range.last - source_offset + 1
+                    )
+                });
+                (Some(translation.target_offset), translation.not_yet_replicated, translation.may_redeliver, note)
             }
             Err(error @ (TranslateError::BeforeHistory { .. } | TranslateError::NothingReplicated)) => {
                 (None, 0, 0, Some(error.to_string()))

@@ -15,6 +15,8 @@ pub const MAX_SYNC_POINTS: usize = 256;
 /// they start translate exactly. When the limit is reached, every other older point is dropped (the sparse part
 /// halves), and the point before each dropped one is marked coarse.
 pub const DENSE_SYNC_POINTS: usize = 128;
+/// Source ranges lost to the source's own deletion that a position remembers, newest last.
+pub const MAX_LOST_RANGES: usize = 16;
 
 /// One source topic-partition of one flow: the unit of assignment, checkpointing and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,12 +71,25 @@ pub struct Position {
     pub next_target_offset: Option<i64>,
     /// Recent sync points, oldest first; a new one starts wherever `target - source` changes.
     pub sync_points: Vec<SyncPoint>,
+    /// Recent source ranges the source deleted before they were replicated, oldest first (at most
+    /// [`MAX_LOST_RANGES`]), so a translation into one can say so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostRange>,
+}
+
+/// Source offsets `first..=last` that the source deleted before the task read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostRange {
+    /// First offset lost.
+    pub first: i64,
+    /// Last offset lost.
+    pub last: i64,
 }
 
 impl Position {
     /// A position that starts replicating at `next_source_offset`, with no history.
     pub fn starting_at(next_source_offset: i64) -> Self {
-        Self { next_source_offset, next_target_offset: None, sync_points: Vec::new() }
+        Self { next_source_offset, next_target_offset: None, sync_points: Vec::new(), lost: Vec::new() }
     }
 
     /// Source record `source` was acknowledged by the target at offset `target`.
@@ -93,6 +108,21 @@ impl Position {
     /// Source record `source` was consumed but deliberately not replicated (it came from the target).
     pub fn skipped(&mut self, source: i64) {
         self.next_source_offset = self.next_source_offset.max(source + 1);
+    }
+
+    /// Source offsets `first..=last` were deleted by the source before they were read: passed like skipped ones, and
+    /// remembered for translation.
+    pub fn lost(&mut self, first: i64, last: i64) {
+        if self.lost.len() == MAX_LOST_RANGES {
+            self.lost.remove(0);
+        }
+        self.lost.push(LostRange { first, last });
+        self.skipped(last);
+    }
+
+    /// The remembered lost range that holds source offset `offset`, if any.
+    pub fn lost_range_of(&self, offset: i64) -> Option<LostRange> {
+        self.lost.iter().copied().find(|range| (range.first..=range.last).contains(&offset))
     }
 }
 
@@ -302,6 +332,24 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_ranges_pass_the_position_and_the_newest_are_remembered() {
+        let mut position = Position::starting_at(0);
+        position.acknowledged(9, 9);
+        position.lost(10, 19);
+        assert_eq!(position.next_source_offset, 20);
+        assert_eq!(position.lost_range_of(15), Some(LostRange { first: 10, last: 19 }));
+        assert_eq!(position.lost_range_of(20), None);
+        for start in (100..).step_by(10).take(MAX_LOST_RANGES) {
+            position.lost(start, start + 4);
+        }
+        assert_eq!(position.lost.len(), MAX_LOST_RANGES);
+        assert_eq!(position.lost_range_of(15), None, "the oldest range is forgotten first");
+        let json = serde_json::to_string(&position).unwrap();
+        assert_eq!(serde_json::from_str::<Position>(&json).unwrap(), position);
+        assert!(!serde_json::to_string(&Position::starting_at(3)).unwrap().contains("lost"), "omitted when empty");
+    }
 
     #[test]
     fn one_sync_point_per_contiguous_run() {

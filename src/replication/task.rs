@@ -156,8 +156,14 @@ enum Fate {
     Produced,
     /// Not replicated because it came from the target (identity naming's loop guard).
     SkippedLoop,
-    /// The end of a range the source deleted before the task read it (retention overtook replication).
-    Lost,
+    /// The end of the range `first..=offset` the source deleted before the task read it (retention overtook
+    /// replication).
+    Lost {
+        /// The first offset lost.
+        first: i64,
+    },
+    /// The end of the offsets a partition no longer had when ferry first read it: never ferry's to copy.
+    BeforeFirstRead,
 }
 
 impl Pending {
@@ -280,7 +286,10 @@ impl Replication<'_> {
         while let Some(record) = self.pending.front().filter(|record| !record.produced()) {
             let (offset, fate) = (record.offset, record.fate);
             self.untrack_front();
-            self.position.skipped(offset);
+            match fate {
+                Fate::Lost { first } => self.position.lost(first, offset),
+                Fate::SkippedLoop | Fate::BeforeFirstRead | Fate::Produced => self.position.skipped(offset),
+            }
             if fate == Fate::SkippedLoop {
                 self.ctx.metrics.skipped_loop.inc();
             }
@@ -492,7 +501,8 @@ impl Replication<'_> {
                      counted in ferry_records_lost_total"
                 );
             }
-            self.track(Pending { offset: log_start - 1, timestamp_ms: None, bytes: 0, fate: Fate::Lost });
+            let fate = if never_replicated { Fate::BeforeFirstRead } else { Fate::Lost { first: next } };
+            self.track(Pending { offset: log_start - 1, timestamp_ms: None, bytes: 0, fate });
             self.settle_skipped();
         }
         let from = log_start.max(next);

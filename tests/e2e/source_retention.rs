@@ -92,6 +92,8 @@ async fn records_deleted_by_the_source_before_ferry_copied_them_are_counted_and_
     let row = rows.as_array().unwrap().iter().find(|row| row["topic"] == lagging.as_str()).unwrap();
     assert_eq!(row["target_offset"], 100, "{row}");
     assert_eq!(row["may_redeliver"], 0, "{row}");
+    let note = row["note"].as_str().unwrap_or_default();
+    assert!(note.contains("100..=249") && note.contains("130 from this offset"), "the gap is reported: {row}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
