@@ -136,3 +136,46 @@ async fn a_recreated_source_topic_pauses_its_tasks_instead_of_skipping_the_new_r
         "a recreated topic is not counted as retention loss"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_overtaking_a_running_lagging_task_is_counted_exactly() {
+    let env = test_env!();
+    let topic = unique("overtaken");
+    let flow = unique("ovt");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    // 10,000 records of about 1 KiB: a 500 KiB/s throttle keeps ferry about 20 s behind, far more than librdkafka
+    // fetches ahead of a task (a few MiB), so deleting up to offset 8,000 takes records ferry has not fetched.
+    let records: Vec<Record> = (0..10_000)
+        .map(|seq| {
+            let mut record = Record::numbered(&topic, 0, seq);
+            record.value = Some(vec![b'v'; 1_000]);
+            record
+        })
+        .collect();
+    produce(&producer(&env.source), &topic, 0, &records).await;
+    let throttle = "throttles:\n  - { from: src, to: dst, rate: 500KiB/s }\n";
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, throttle));
+    let target_topic = format!("src.{topic}");
+    wait_for("ferry replicating, far behind", Duration::from_secs(60), || {
+        (end_offset(&env.target, &target_topic, 0) >= 20).then_some(())
+    })
+    .await;
+    // Retention passes the running task while it is behind.
+    delete_records_before(&env.source, &topic, 8_000).await;
+    wait_for("the rest replicated", Duration::from_secs(120), || {
+        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&10_000)).then_some(())
+    })
+    .await;
+    let lost = ferry
+        .metric("ferry_records_lost_total", &[("flow", &flow), ("topic", &topic), ("reason", "source_retention")])
+        .unwrap() as u64;
+    let replicated = ids(&read_partition(&env.target, &target_topic, 0));
+    // Every record is either on the target, once and in order, or counted as lost: the lost ones are exactly the
+    // run just before offset 8,000.
+    assert!(lost > 0, "the loss was not counted; {} records replicated", replicated.len());
+    let copied_before_the_gap = 8_000 - lost;
+    let expected: Vec<String> =
+        (0..copied_before_the_gap).chain(8_000..10_000).map(|seq| Record::numbered(&topic, 0, seq).id()).collect();
+    assert_eq!(replicated, expected, "{lost} counted as lost");
+}
