@@ -50,7 +50,8 @@ enum Command {
         /// Config file, as an alternative to the positional argument.
         #[arg(long, short, conflicts_with = "file")]
         config: Option<PathBuf>,
-        /// Do not read `{ env: VAR }` / `{ file: PATH }` secrets (where the pod's environment is absent, e.g. in CI).
+        /// Do not read `{ env: VAR }` / `{ file: PATH }` secrets nor the etcd TLS files (where the pod's environment
+        /// and mounted Secrets are absent, e.g. in CI).
         #[arg(long)]
         no_secrets: bool,
     },
@@ -169,7 +170,8 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             let config = Config::load(&path).map_err(config_failure)?;
             let secrets = if no_secrets {
                 eprintln!(
-                    "note: --no-secrets: secrets were not checked ({{ env }} and {{ file }} values were not read)"
+                    "note: --no-secrets: secrets were not checked ({{ env }} and {{ file }} values and the etcd TLS files \
+                     were not read)"
                 );
                 ferry::config::SecretCheck::Skip
             } else {

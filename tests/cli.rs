@@ -169,6 +169,15 @@ fn an_unreadable_etcd_tls_file_is_refused() {
 }
 
 #[test]
+fn no_secrets_does_not_read_the_etcd_tls_files_either() {
+    // They are mounted from a Secret in the pod; a CI job validating the chart's values does not have them.
+    let config = with_etcd("tls: { ca_file: /nonexistent/ferry/etcd-ca.pem }");
+    let (output, stderr) = ferry(&["check-config", "--no-secrets"], &config);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("etcd TLS files"), "{stderr}");
+}
+
+#[test]
 fn an_unknown_librdkafka_property_is_refused() {
     let config = with_client("linger.mss: 5");
     assert_rejected(&config, &["clusters.us-east.client.linger.mss", "No such configuration property"]);

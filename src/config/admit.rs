@@ -87,12 +87,14 @@ pub fn unimplemented_settings(config: &Config) -> Vec<ConfigProblem> {
         .collect()
 }
 
-/// The etcd password (when secrets are read) and the TLS files, which `run` reads before its first etcd request.
+/// The etcd password and the TLS files, which `run` reads before its first etcd request. Both come from the pod's
+/// Secrets, so neither is read when secrets are skipped.
 fn etcd_problems(etcd: &EtcdConfig, secrets: SecretCheck, out: &mut Vec<ConfigProblem>) {
-    if secrets == SecretCheck::Resolve {
-        if let Err(error) = etcd.resolve_password() {
-            out.extend_from_slice(error.problems());
-        }
+    if secrets == SecretCheck::Skip {
+        return;
+    }
+    if let Err(error) = etcd.resolve_password() {
+        out.extend_from_slice(error.problems());
     }
     let Some(tls) = &etcd.tls else {
         return;
