@@ -305,7 +305,7 @@ fn task_specs(config: &Config, work: &AssignedWork) -> AssignedSpecs {
     for flow in &config.flows {
         let Some(topics) = work.tasks.get(&flow.name) else { continue };
         flows.insert(flow.name.clone());
-        let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+        let naming = TopicNaming::for_flow(config, flow);
         for (topic, partitions) in topics {
             let target_topic = naming.remote_topic(topic);
             for partition in partitions {

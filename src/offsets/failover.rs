@@ -223,7 +223,7 @@ pub async fn translate_group(config: &Config, flow_name: &str, group: &str) -> R
     let flow = flow(config, flow_name)?;
     let store = read_only_store(config).await?;
     let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
-    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+    let naming = TopicNaming::for_flow(config, flow);
     // A one-shot command: its client errors are logged; there is no scrape to count them for.
     let source = GroupClient::new(config, &flow.source, group, &Metrics::new(false))?;
     let committed = match source.committed(checkpoints.keys().map(|key| (key.topic.clone(), key.partition))) {
@@ -257,7 +257,7 @@ pub async fn failback_plan(config: &Config, flow_name: &str, group: &str) -> Res
     let flow = flow(config, flow_name)?;
     let store = read_only_store(config).await?;
     let checkpoints = load_checkpoints(config, store.as_ref(), flow).await?;
-    let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+    let naming = TopicNaming::for_flow(config, flow);
     let target = GroupClient::new(config, &flow.target, group, &Metrics::new(false))?;
     let remote = |key: &TaskKey| (naming.remote_topic(&key.topic), key.partition);
     let committed = target.committed(checkpoints.keys().map(remote))?;
@@ -285,7 +285,7 @@ pub async fn failback_plan(config: &Config, flow_name: &str, group: &str) -> Res
     let mut reverse = Vec::new();
     for reverse_flow in config.flows.iter().filter(|f| f.source == flow.target && f.target == flow.source) {
         let checkpoints = store.load(&reverse_flow.name).await?;
-        let naming = TopicNaming::new(reverse_flow.naming, &reverse_flow.source, config.clusters.keys().cloned());
+        let naming = TopicNaming::for_flow(config, reverse_flow);
         let committed = target.committed(checkpoints.keys().map(|key| (key.topic.clone(), key.partition)))?;
         let rows = translate_committed(positions(&checkpoints), &naming, &committed);
         if !rows.is_empty() {

@@ -70,7 +70,7 @@ impl GroupSync {
         metrics: Metrics,
     ) -> Result<Self, FailoverError> {
         let filter = flow.group_filter()?;
-        let naming = TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned());
+        let naming = TopicNaming::for_flow(&config, &flow);
         let mm2 = if flow.emit_mm2_checkpoints {
             let target = &config.clusters[&flow.target];
             Some(Mm2Checkpoints {

@@ -60,7 +60,7 @@ impl FlowTopics {
             source: flow.source.clone(),
             target: flow.target.clone(),
             filter: flow.topic_filter()?,
-            naming: TopicNaming::new(flow.naming, &flow.source, config.clusters.keys().cloned()),
+            naming: TopicNaming::for_flow(config, flow),
         })
     }
 

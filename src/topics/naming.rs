@@ -4,7 +4,7 @@
 //! already carries a known cluster alias as prefix (MirrorMaker 2's rule), `identity` naming relies on the
 //! provenance header written by [`crate::replication::task`] instead.
 
-use crate::config::Naming;
+use crate::config::{Config, FlowConfig, Naming};
 
 /// Header that records which cluster a record was first produced on (identity naming only).
 pub const PROVENANCE_HEADER: &str = "ferry.origin";
@@ -33,6 +33,11 @@ impl TopicNaming {
         let mut known_aliases: Vec<String> = known_aliases.into_iter().collect();
         known_aliases.sort_by_key(|alias| std::cmp::Reverse(alias.len()));
         Self { policy, source_alias: source_alias.to_owned(), known_aliases }
+    }
+
+    /// The naming of `flow`, knowing every cluster alias of `config` (a topic starting with one is a replica).
+    pub fn for_flow(config: &Config, flow: &FlowConfig) -> Self {
+        Self::new(flow.naming, &flow.source, config.clusters.keys().cloned())
     }
 
     /// The policy this naming applies.
