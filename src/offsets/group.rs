@@ -54,11 +54,6 @@ impl GroupClient {
         Ok(Self { consumer, group: group.to_owned(), cluster: alias.to_owned() })
     }
 
-    /// The cluster alias.
-    pub fn cluster(&self) -> &str {
-        &self.cluster
-    }
-
     fn failed(&self, what: &'static str) -> impl FnOnce(KafkaError) -> GroupError + '_ {
         move |source| GroupError::Kafka {
             what,

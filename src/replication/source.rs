@@ -88,34 +88,39 @@ impl SourceConsumer {
 
     /// Splits off the partition's queue and assigns the partition from `next_offset`.
     pub fn attach(&self, topic: &str, partition: i32, next_offset: i64) -> Result<PartitionQueue, SourceError> {
-        let assign_error = |source| SourceError::Assign {
-            cluster: self.alias.clone(),
-            topic: topic.to_owned(),
-            partition,
-            source: Box::new(source),
-        };
         let queue = self.consumer.split_partition_queue(topic, partition).ok_or_else(|| {
-            assign_error(KafkaError::Subscription(format!("no partition queue for {topic}[{partition}]")))
+            self.assign_error(
+                topic,
+                partition,
+                KafkaError::Subscription(format!("no partition queue for {topic}[{partition}]")),
+            )
         })?;
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(next_offset)).map_err(assign_error)?;
-        self.consumer.incremental_assign(&assignment).map_err(assign_error)?;
+        self.assign(topic, partition, next_offset)?;
         Ok(queue)
     }
 
     /// Assigns the partition again from `offset`: how a task moves on after its position became invalid (librdkafka
     /// leaves such a partition in an error state that a seek cannot leave). The partition queue stays the task's.
     pub fn restart_at(&self, topic: &str, partition: i32, offset: i64) -> Result<(), SourceError> {
-        let assign_error = |source| SourceError::Assign {
+        self.detach(topic, partition);
+        self.assign(topic, partition, offset)
+    }
+
+    fn assign(&self, topic: &str, partition: i32, offset: i64) -> Result<(), SourceError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
+            .map_err(|error| self.assign_error(topic, partition, error))?;
+        self.consumer.incremental_assign(&assignment).map_err(|error| self.assign_error(topic, partition, error))
+    }
+
+    fn assign_error(&self, topic: &str, partition: i32, source: KafkaError) -> SourceError {
+        SourceError::Assign {
             cluster: self.alias.clone(),
             topic: topic.to_owned(),
             partition,
             source: Box::new(source),
-        };
-        self.detach(topic, partition);
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(assign_error)?;
-        self.consumer.incremental_assign(&assignment).map_err(assign_error)
+        }
     }
 
     /// The partition's log start and end offsets, asked of its leader.
