@@ -37,14 +37,15 @@ impl ClientError {
     /// librdkafka's refusal to create a client of cluster `alias`, with the cluster's secret values taken out of its
     /// text: librdkafka quotes the values it rejects, and a secret must never reach a log.
     pub fn create(alias: &str, cluster: &ClusterConfig, source: &KafkaError) -> Self {
-        let mut message = source.to_string();
-        if let Ok(properties) = cluster.client_properties(alias) {
-            for (_, value) in properties.iter().filter(|(_, value)| value.is_sensitive()) {
-                if !value.expose().is_empty() {
-                    message = message.replace(value.expose(), "<redacted>");
-                }
+        let message = match cluster.client_properties(alias) {
+            Ok(properties) => {
+                let secrets =
+                    properties.iter().filter(|(_, value)| value.is_sensitive()).map(|(_, value)| value.expose());
+                crate::config::redact_secrets(&source.to_string(), secrets)
             }
-        }
+            // The secrets cannot be read again to take them out: show nothing of librdkafka's text.
+            Err(_) => "librdkafka's reason is withheld (the cluster's secrets cannot be read to redact it)".to_owned(),
+        };
         ClientError::Create { cluster: alias.to_owned(), message }
     }
 }
@@ -189,13 +190,17 @@ mod tests {
         std::fs::write(secret_file.path(), "user-from-file\n").unwrap();
         let cluster: ClusterConfig = serde_json::from_value(serde_json::json!({
             "bootstrap_servers": "127.0.0.1:1",
-            "client": { "sasl.password": "hunter2-inline", "sasl.username": { "file": secret_file.path() } }
+            "client": { "sasl.password": "hunter2-inline second-part", "sasl.username": { "file": secret_file.path() } }
         }))
         .unwrap();
-        let quoted = KafkaError::ClientCreation("bad login user-from-file with hunter2-inline".to_owned());
+        let quoted = KafkaError::ClientCreation("bad login user-from-file with hunter2-inline second-part".to_owned());
         let error = ClientError::create("us-east", &cluster, &quoted).to_string();
         assert!(!error.contains("hunter2-inline") && !error.contains("user-from-file"), "{error}");
         assert!(error.contains("us-east") && error.contains("<redacted>"), "{error}");
+        // A piece of a secret (librdkafka splits list values) is not shown either.
+        let piece = KafkaError::ClientCreation("mechanism from second-part refused".to_owned());
+        let error = ClientError::create("us-east", &cluster, &piece).to_string();
+        assert!(!error.contains("second-part") && error.contains("withheld"), "{error}");
     }
 
     #[test]

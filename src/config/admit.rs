@@ -288,6 +288,19 @@ pub(crate) fn describe_refusal(description: &str, value: &str, secret: bool) -> 
     description.to_owned()
 }
 
+/// `text` (a librdkafka error) fit to print: each of `secrets` replaced where it appears whole, and the whole text
+/// withheld if a piece of one still shows (the same test as for a refused property's reason).
+pub(crate) fn redact_secrets<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str> + Clone) -> String {
+    let mut redacted = text.to_owned();
+    for secret in secrets.clone().into_iter().filter(|secret| !secret.is_empty()) {
+        redacted = redacted.replace(secret, REDACTED);
+    }
+    if secrets.into_iter().filter(|secret| !secret.is_empty()).any(|secret| shows_part_of(&redacted, secret)) {
+        return "librdkafka's reason is withheld because it quotes a secret value".to_owned();
+    }
+    redacted
+}
+
 /// Whether `text` may show `value` or a piece of it: a token of it (split at commas, semicolons and spaces, as
 /// librdkafka's list properties are) anywhere, or a quoted string that is not a property name.
 fn shows_part_of(text: &str, value: &str) -> bool {

@@ -35,6 +35,7 @@ use std::path::Path;
 use figment::Figment;
 use serde::Deserialize;
 
+pub(crate) use self::admit::redact_secrets;
 pub use self::admit::{admit, unimplemented_settings, Admitted, SecretCheck};
 pub use self::checkpoint::{CheckpointConfig, EtcdConfig, EtcdTls, StoreKind};
 pub use self::cluster::ClusterConfig;
