@@ -468,6 +468,19 @@ impl Drop for KafkaNode {
     }
 }
 
+/// `ferry translate --format json` of `group` through `flow` with the config at `config`: its rows.
+pub fn translate_json(config: &Path, flow: &str, group: &str) -> Vec<serde_json::Value> {
+    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["translate", "--format", "json", "--config"])
+        .arg(config)
+        .args(["--flow", flow, "--group", group])
+        .output()
+        .unwrap();
+    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
+    rows.as_array().expect("translate prints a JSON array").clone()
+}
+
 /// How many members `group` has on the cluster.
 pub fn group_members(bootstrap: &str, group: &str) -> usize {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();

@@ -199,16 +199,9 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
     commit(&env.source, &group, &topic, &positions);
 
     // `ferry translate` shows the same translation as JSON (delta 0 here: ferry created the target topic).
-    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["translate", "--format", "json", "--config"])
-        .arg(state.path().join("ferry.yaml"))
-        .args(["--flow", &flow, "--group", &group])
-        .output()
-        .unwrap();
-    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
-    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
+    let rows = translate_json(&state.path().join("ferry.yaml"), &flow, &group);
     for (partition, offset) in positions.iter().enumerate() {
-        let row = &rows.as_array().unwrap()[partition];
+        let row = &rows[partition];
         assert_eq!(row["source_offset"], *offset);
         assert_eq!(row["target_offset"], *offset);
         assert_eq!(row["not_yet_replicated"], 0);
@@ -267,15 +260,8 @@ async fn a_group_fails_over_with_nothing_redelivered_and_nothing_skipped() {
     produce(&producer, &topic, 0, &more).await;
     let ahead = unique("ahead");
     commit(&env.source, &ahead, &topic, &[PER_PARTITION + 50]);
-    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["translate", "--format", "json", "--config"])
-        .arg(&config_path)
-        .args(["--flow", &flow, "--group", &ahead])
-        .output()
-        .unwrap();
-    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
-    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
-    let row = &rows.as_array().unwrap()[0];
+    let rows = translate_json(&config_path, &flow, &ahead);
+    let row = &rows[0];
     assert_eq!(row["target_offset"], PER_PARTITION, "the end of what was replicated: {row}");
     assert_eq!(row["not_yet_replicated"], 50, "{row}");
 }

@@ -3,7 +3,6 @@
 //! ferry reads on from the log start, and translation maps a group positioned among them to the first record after
 //! them. Records deleted before ferry ever replicated a partition were never ferry's to lose: not counted.
 
-use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::admin::AdminOptions;
@@ -81,15 +80,8 @@ async fn records_deleted_by_the_source_before_ferry_copied_them_are_counted_and_
     // after the gap: source offset 250, which landed on target offset 100.
     let group = unique("inside-the-gap");
     commit(&env.source, &group, &lagging, &[120]);
-    let translate = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["translate", "--format", "json", "--config"])
-        .arg(state.path().join("ferry.yaml"))
-        .args(["--flow", &flow, "--group", &group])
-        .output()
-        .unwrap();
-    assert!(translate.status.success(), "{}", String::from_utf8_lossy(&translate.stderr));
-    let rows: serde_json::Value = serde_json::from_slice(&translate.stdout).unwrap();
-    let row = rows.as_array().unwrap().iter().find(|row| row["topic"] == lagging.as_str()).unwrap();
+    let rows = translate_json(&state.path().join("ferry.yaml"), &flow, &group);
+    let row = rows.iter().find(|row| row["topic"] == lagging.as_str()).unwrap();
     assert_eq!(row["target_offset"], 100, "{row}");
     assert_eq!(row["may_redeliver"], 0, "{row}");
     let note = row["note"].as_str().unwrap_or_default();
