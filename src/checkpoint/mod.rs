@@ -37,13 +37,6 @@ impl From<&TaskId> for TaskKey {
     }
 }
 
-impl TaskKey {
-    /// The task of `flow` this key names.
-    pub fn task_id(&self, flow: &str) -> TaskId {
-        TaskId::new(flow, &self.topic, self.partition)
-    }
-}
-
 /// A task's checkpoint as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {

@@ -116,21 +116,31 @@ impl GroupSync {
         }
     }
 
-    async fn sync_once(&mut self) -> Result<(), FailoverError> {
+    /// The flow's task positions to translate with: this member's live ones, or every member's stored ones.
+    async fn positions(&self) -> Result<Vec<(TaskKey, Position)>, crate::checkpoint::StoreError> {
         if self.positions_from_store {
-            let stored = match self.store.load(&self.flow.name).await {
-                Ok(stored) => stored,
-                Err(error) => {
-                    warn!(flow = self.flow.name.as_str(), %error, "cannot read stored positions; group sync skips a round");
-                    return Ok(());
-                }
-            };
-            let registry = Registry::default();
-            for (key, checkpoint) in stored {
-                let id = key.task_id(&self.flow.name);
-                registry.insert(id, Arc::new(crate::replication::progress::TaskProgress::new(checkpoint.position)));
+            let stored = self.store.load(&self.flow.name).await?;
+            return Ok(stored.into_iter().map(|(key, checkpoint)| (key, checkpoint.position)).collect());
+        }
+        Ok(self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|(id, _)| *id.flow == *self.flow.name)
+            .map(|(id, progress)| (TaskKey::from(&id), progress.position()))
+            .collect())
+    }
+
+    async fn sync_once(&mut self) -> Result<(), FailoverError> {
+        let positions = match self.positions().await {
+            Ok(positions) => positions,
+            Err(error) => {
+                warn!(flow = self.flow.name.as_str(), %error, "cannot read stored positions; group sync skips a round");
+                return Ok(());
             }
-            self.registry = Arc::new(registry);
+        };
+        if positions.is_empty() {
+            return Ok(());
         }
         let source = GroupClient::new(&self.config, &self.flow.source, "ferry-group-sync", &self.metrics)?;
         let names: Vec<String> = source
@@ -139,22 +149,12 @@ impl GroupSync {
             .filter(|name| !is_tooling_group(name) && self.filter.matches(name))
             .collect();
         for group in names {
-            self.sync_group(&group).await?;
+            self.sync_group(&group, &positions).await?;
         }
         Ok(())
     }
 
-    async fn sync_group(&mut self, group: &str) -> Result<(), FailoverError> {
-        let positions: Vec<(TaskKey, Position)> = self
-            .registry
-            .snapshot()
-            .into_iter()
-            .filter(|(id, _)| *id.flow == *self.flow.name)
-            .map(|(id, progress)| (TaskKey::from(&id), progress.position()))
-            .collect();
-        if positions.is_empty() {
-            return Ok(());
-        }
+    async fn sync_group(&mut self, group: &str, positions: &[(TaskKey, Position)]) -> Result<(), FailoverError> {
         let source = GroupClient::new(&self.config, &self.flow.source, group, &self.metrics)?;
         let committed = source.committed(positions.iter().map(|(key, _)| (key.topic.clone(), key.partition)))?;
         let rows =
