@@ -192,8 +192,6 @@ struct Replication<'a> {
     last_acked_timestamp_ms: Option<i64>,
     /// Set until the first acknowledgement of a cautious start.
     cautious: bool,
-    /// The source offset the task expects to read next: after the last record it took up.
-    next_fetch: i64,
     /// Acknowledged records and bytes not yet added to the shared counters. All tasks of a topic share one
     /// counter (and all tasks of a flow one latency histogram), so per-record updates would contend across
     /// threads; they are added once per batch of acknowledgements, in `publish`.
@@ -209,6 +207,12 @@ impl Replication<'_> {
             return self.pending.is_empty();
         }
         self.pending.len() < MAX_IN_FLIGHT_RECORDS && self.pending_bytes < MAX_IN_FLIGHT_BYTES
+    }
+
+    /// The source offset the task reads next: after the last offset it took up (or, with nothing pending, its
+    /// position).
+    fn next_fetch(&self) -> i64 {
+        self.pending.back().map_or(self.position.next_source_offset, |record| record.offset + 1)
     }
 
     /// Adds a record to `pending`, keeping the counters over it in step.
@@ -325,7 +329,6 @@ impl Replication<'_> {
     /// over.
     async fn forward(&mut self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> Result<bool, TaskError> {
         let offset = message.offset();
-        self.next_fetch = offset + 1;
         let timestamp_ms = message.timestamp().to_millis();
         let mut bytes = message.key_len() + message.payload_len();
         let mut headers = None;
@@ -476,7 +479,7 @@ impl Replication<'_> {
         let id = &self.ctx.spec.id;
         let (log_start, end) =
             self.ctx.source.watermarks(&id.topic, id.partition).map_err(|error| TaskError::Attach(Box::new(error)))?;
-        let next = self.next_fetch;
+        let next = self.next_fetch();
         if next > end {
             return Err(TaskError::SourceBehindPosition {
                 topic: id.topic.to_string(),
@@ -510,7 +513,6 @@ impl Replication<'_> {
             .source
             .restart_at(&id.topic, id.partition, from)
             .map_err(|error| TaskError::Attach(Box::new(error)))?;
-        self.next_fetch = from;
         Ok(())
     }
 
@@ -568,7 +570,6 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         .source
         .attach(&topic, partition, position.next_source_offset)
         .map_err(|e| TaskError::Attach(Box::new(e)))?;
-    let next_fetch = position.next_source_offset;
     let mut replication = Replication {
         ctx: &ctx,
         position,
@@ -581,7 +582,6 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         refused: false,
         last_acked_timestamp_ms: None,
         cautious: ctx.cautious_start,
-        next_fetch,
         unpublished_records: 0,
         unpublished_bytes: 0,
         latency: ctx.metrics.latency.local(),
