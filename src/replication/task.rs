@@ -80,7 +80,7 @@ pub struct TaskContext {
 /// Why a task stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    /// The partition could not be assigned.
+    /// The source partition could not be assigned, or its offsets could not be read.
     #[error(transparent)]
     Attach(Box<SourceError>),
     /// The target refused a record; the task's position stays before it.
@@ -490,8 +490,9 @@ impl Replication<'_> {
         }
         if log_start > next {
             let never_replicated = self.position.next_target_offset.is_none() && self.pending.is_empty();
-            if never_replicated {
+            let fate = if never_replicated {
                 info!(task = %id, log_start, "the source partition starts at its log start offset; replicating from there");
+                Fate::BeforeFirstRead
             } else {
                 let lost = log_start - next;
                 self.ctx.metrics.lost_source_retention.inc_by(u64::try_from(lost).unwrap_or(0));
@@ -503,8 +504,8 @@ impl Replication<'_> {
                     "the source deleted records before ferry copied them (retention overtook replication); \
                      counted in ferry_records_lost_total"
                 );
-            }
-            let fate = if never_replicated { Fate::BeforeFirstRead } else { Fate::Lost { first: next } };
+                Fate::Lost { first: next }
+            };
             self.track(Pending { offset: log_start - 1, timestamp_ms: None, bytes: 0, fate });
             self.settle_skipped();
         }
