@@ -19,7 +19,7 @@ use regex::Regex;
 
 use super::error::{ConfigError, ConfigProblem};
 use super::secret::{is_sensitive_key, ClientValue};
-use super::{ClusterConfig, Config, Delivery, EtcdConfig, StoreKind};
+use super::{ClusterConfig, Config, EtcdConfig, StoreKind};
 use crate::kafka::{self, ClientError, Role};
 
 /// Whether admission reads the `env`/`file` secrets.
@@ -61,30 +61,12 @@ pub fn admit(config: Config, secrets: SecretCheck) -> Result<Admitted, ConfigErr
     if let (StoreKind::Etcd, Some(etcd)) = (config.checkpoint.store, &config.checkpoint.etcd) {
         etcd_problems(etcd, secrets, &mut problems);
     }
-    problems.extend(unimplemented_settings(&config));
     if problems.is_empty() {
         let warnings = config.warnings();
         Ok(Admitted { config, warnings })
     } else {
         Err(ConfigError::Invalid(problems))
     }
-}
-
-/// The settings of the config contract this version does not implement, each at its key path: refused rather than
-/// silently run without.
-pub fn unimplemented_settings(config: &Config) -> Vec<ConfigProblem> {
-    config
-        .flows
-        .iter()
-        .enumerate()
-        .filter(|(_, flow)| flow.delivery == Delivery::ExactlyOnce)
-        .map(|(index, _)| {
-            ConfigProblem::new(
-                format!("flows[{index}].delivery"),
-                "exactly-once is not implemented in this version yet; use `at-least-once`",
-            )
-        })
-        .collect()
 }
 
 /// The etcd password and the TLS files, which `run` reads before its first etcd request. Both come from the pod's

@@ -27,6 +27,9 @@ pub struct FlowConfig {
     /// Delivery guarantee; default `at-least-once`.
     #[serde(default)]
     pub delivery: Delivery,
+    /// How `delivery: exactly-once` groups tasks into transactions; ignored for at-least-once.
+    #[serde(default)]
+    pub exactly_once: ExactlyOnce,
     /// Continuous consumer group offset sync into the target; default disabled.
     #[serde(default)]
     pub sync_group_offsets: GroupOffsetSync,
@@ -39,6 +42,11 @@ impl FlowConfig {
     /// The compiled topic filter (cannot fail for a validated config, but fields are public and may have changed).
     pub fn topic_filter(&self) -> Result<TopicFilter, ConfigError> {
         self.topics.filter().map_err(ConfigError::Invalid)
+    }
+
+    /// The transactional id prefix of exactly-once delivery: the configured one, else `ferry-<flow>`.
+    pub fn transactional_id_prefix(&self) -> String {
+        self.exactly_once.transactional_id_prefix.clone().unwrap_or_else(|| format!("ferry-{}", self.name))
     }
 
     /// The compiled consumer group filter of `sync_group_offsets`.
@@ -85,6 +93,27 @@ pub enum Delivery {
     AtLeastOnce,
     /// Kafka transactions on the target; the source position commits atomically with the records.
     ExactlyOnce,
+}
+
+/// `flows[].exactly_once`: the transactional units of an exactly-once flow (docs/adr/0021-exactly-once.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExactlyOnce {
+    /// Transactional units per flow: each has one transactional producer and moves between members as a whole;
+    /// default 16. Tasks map to a bucket by a stable hash of topic and partition.
+    pub buckets: u32,
+    /// How often a bucket commits its open transaction (sooner when a task's window is full); default `250ms`.
+    /// Read-committed consumers of the target see records only after the commit.
+    pub commit_interval: Duration,
+    /// Prefix of the transactional ids (`<prefix>-<bucket>`) and the name of the target group that holds the
+    /// positions; default `ferry-<flow>`. Two deployments writing one target cluster need different prefixes.
+    pub transactional_id_prefix: Option<String>,
+}
+
+impl Default for ExactlyOnce {
+    fn default() -> Self {
+        ExactlyOnce { buckets: 16, commit_interval: Duration::from_millis(250), transactional_id_prefix: None }
+    }
 }
 
 /// `flows[].sync_group_offsets`: translate committed offsets of source consumer groups into inactive target groups.

@@ -36,12 +36,12 @@ use figment::Figment;
 use serde::Deserialize;
 
 pub(crate) use self::admit::redact_secrets;
-pub use self::admit::{admit, unimplemented_settings, Admitted, SecretCheck};
+pub use self::admit::{admit, Admitted, SecretCheck};
 pub use self::checkpoint::{CheckpointConfig, EtcdConfig, EtcdTls, StoreKind};
 pub use self::cluster::ClusterConfig;
 pub use self::error::{render_path, ConfigError, ConfigProblem};
 pub use self::filter::TopicFilter;
-pub use self::flow::{Delivery, FlowConfig, GroupOffsetSync, Naming, TopicSelection};
+pub use self::flow::{Delivery, ExactlyOnce, FlowConfig, GroupOffsetSync, Naming, TopicSelection};
 pub use self::load::{env_provider, layered, ENV_PREFIX};
 pub use self::secret::{is_sensitive_key, ClientValue, Secretish};
 pub use self::units::{ByteRate, ByteSize, Duration};

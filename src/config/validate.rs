@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::ConfigProblem;
 use super::filter::TopicFilter;
 use super::secret::ClientValue;
-use super::{CheckpointConfig, Config, Naming, StoreKind};
+use super::{CheckpointConfig, Config, ExactlyOnce, Naming, StoreKind};
 
 /// Characters allowed in a flow name: it appears in metric labels, etcd keys and CLI flags.
 fn is_valid_flow_name(name: &str) -> bool {
@@ -219,6 +219,7 @@ fn flows(config: &Config, out: &mut Vec<ConfigProblem>) {
         if let Err(problems) = TopicFilter::new(&format!("{path}.topics"), &flow.topics.include, &flow.topics.exclude) {
             out.extend(problems);
         }
+        exactly_once(&flow.exactly_once, &format!("{path}.exactly_once"), out);
         let sync = &flow.sync_group_offsets;
         let sync_path = format!("{path}.sync_group_offsets");
         if let Err(problems) = TopicFilter::new(&sync_path, &sync.include, &sync.exclude) {
@@ -231,6 +232,34 @@ fn flows(config: &Config, out: &mut Vec<ConfigProblem>) {
             out.push(ConfigProblem::new(
                 format!("{sync_path}.include"),
                 "at least one regex is required when enabled (\".*\" selects every group)",
+            ));
+        }
+    }
+}
+
+/// Most buckets a flow may have: each is a transactional producer (and its threads) on whichever member runs it.
+const MAX_BUCKETS: u32 = 1024;
+
+fn exactly_once(settings: &ExactlyOnce, path: &str, out: &mut Vec<ConfigProblem>) {
+    if !(1..=MAX_BUCKETS).contains(&settings.buckets) {
+        out.push(ConfigProblem::new(
+            format!("{path}.buckets"),
+            format!("must be between 1 and {MAX_BUCKETS} (each bucket is one transactional producer)"),
+        ));
+    }
+    // A transaction stays open at least this long; the broker aborts one older than its transaction timeout
+    // (librdkafka's default 60 s), so an interval near it would abort every transaction.
+    if settings.commit_interval.is_zero() || settings.commit_interval.as_std() > std::time::Duration::from_secs(30) {
+        out.push(ConfigProblem::new(format!("{path}.commit_interval"), "must be greater than 0 and at most 30s"));
+    }
+    if let Some(prefix) = &settings.transactional_id_prefix {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 200
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            out.push(ConfigProblem::new(
+                format!("{path}.transactional_id_prefix"),
+                "must be 1 to 200 characters of [A-Za-z0-9._-]",
             ));
         }
     }

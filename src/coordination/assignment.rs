@@ -129,6 +129,38 @@ pub fn assign(tasks: &BTreeSet<TaskId>, members: &BTreeSet<MemberId>, previous: 
     Assignment { by_member }
 }
 
+/// Like [`assign`], but the tasks of one unit (an exactly-once bucket: `unit_of` gives its number) go to one member
+/// together, so a bucket's transactional producer runs on one member and its new owner fences the old. Tasks with no
+/// unit are assigned one by one. Balance and stickiness count units.
+pub fn assign_grouped(
+    tasks: &BTreeSet<TaskId>,
+    members: &BTreeSet<MemberId>,
+    previous: &Assignment,
+    unit_of: impl Fn(&TaskId) -> Option<u32>,
+) -> Assignment {
+    // A unit stands in as a task of its flow with an empty topic name, which no Kafka topic can have.
+    let unit_key = |task: &TaskId| match unit_of(task) {
+        Some(unit) => TaskId { flow: task.flow.clone(), topic: "".into(), partition: unit as i32 },
+        None => task.clone(),
+    };
+    let mut units: BTreeMap<TaskId, Vec<TaskId>> = BTreeMap::new();
+    for task in tasks {
+        units.entry(unit_key(task)).or_default().push(task.clone());
+    }
+    let mut held = Assignment::default();
+    for (member, owned) in &previous.by_member {
+        held.by_member.insert(member.clone(), owned.iter().map(unit_key).collect());
+    }
+    let keys: BTreeSet<TaskId> = units.keys().cloned().collect();
+    let by_unit = assign(&keys, members, &held);
+    let by_member = by_unit
+        .by_member
+        .into_iter()
+        .map(|(member, keys)| (member, keys.iter().flat_map(|key| units[key].iter().cloned()).collect()))
+        .collect();
+    Assignment { by_member }
+}
+
 /// Like `binary_search`, but cheap when `task` is near the front, as a member's next task usually is: a previous
 /// balanced assignment puts about one of a member's tasks in every `m`, and TaskId comparisons (two strings) are what
 /// this function spends its time on.
@@ -175,6 +207,35 @@ mod tests {
         assert_eq!(union, *tasks);
         let (min, max) = next.counts().values().fold((usize::MAX, 0), |(lo, hi), &c| (lo.min(c), hi.max(c)));
         assert!(max - min <= 1, "unbalanced: {:?}", next.counts());
+    }
+
+    #[test]
+    fn grouped_tasks_stay_together_and_move_together() {
+        let mut tasks = topic("eos", "a", 12);
+        tasks.extend(topic("alo", "b", 4));
+        let unit_of = |task: &TaskId| (&*task.flow == "eos").then_some(task.partition as u32 % 4);
+        let owner_of_unit = |assignment: &Assignment, unit: u32| -> BTreeSet<MemberId> {
+            (0..12)
+                .filter(|p| *p as u32 % 4 == unit)
+                .filter_map(|p| assignment.member_of(&TaskId::new("eos", "a", p)).cloned())
+                .collect()
+        };
+        let first = assign_grouped(&tasks, &members([1, 2, 3]), &Assignment::default(), unit_of);
+        assert_eq!(first.task_count(), tasks.len());
+        for unit in 0..4 {
+            assert_eq!(owner_of_unit(&first, unit).len(), 1, "bucket {unit} split: {first:?}");
+        }
+        // A member leaves: its buckets move as wholes; the others stay where they were.
+        let second = assign_grouped(&tasks, &members([1, 2]), &first, unit_of);
+        for unit in 0..4 {
+            let owner = owner_of_unit(&second, unit);
+            assert_eq!(owner.len(), 1, "bucket {unit} split: {second:?}");
+            let before = owner_of_unit(&first, unit);
+            if before != members([3]) {
+                assert_eq!(owner, before, "bucket {unit} moved without need");
+            }
+        }
+        assert_eq!(second, assign_grouped(&tasks, &members([1, 2]), &second, unit_of), "stable on its own output");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::coordination::assignment::{self, Assignment};
 use crate::coordination::election::Leadership;
 use crate::coordination::etcd::{Etcd, EtcdError};
@@ -25,6 +25,7 @@ use crate::coordination::{
 };
 use crate::ops::metrics::Metrics;
 use crate::replication::progress::TaskId;
+use crate::replication::transaction::bucket_of;
 use crate::topics::discovery::Discovered;
 
 /// How often shards of departed members are checked for deletion.
@@ -172,8 +173,16 @@ impl Controller {
             return Ok(());
         }
         let tasks: BTreeSet<TaskId> = discovered.tasks.keys().cloned().collect();
-        let next = assignment::assign(&tasks, live, &self.previous);
         let config = self.config.borrow().clone();
+        // An exactly-once flow's tasks go to members by bucket: one transactional producer per bucket.
+        let buckets: BTreeMap<&str, u32> = config
+            .flows
+            .iter()
+            .filter(|flow| flow.delivery == Delivery::ExactlyOnce)
+            .map(|flow| (flow.name.as_str(), flow.exactly_once.buckets))
+            .collect();
+        let unit_of = |task: &TaskId| buckets.get(&*task.flow).map(|n| bucket_of(&task.topic, task.partition, *n));
+        let next = assignment::assign_grouped(&tasks, live, &self.previous, unit_of);
         let shares = throttle_shares(&config, &next);
         let mut wanted: BTreeMap<String, AssignedWork> = BTreeMap::new();
         for (member, tasks) in &next.by_member {

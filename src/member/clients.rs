@@ -11,6 +11,8 @@ use tracing::info;
 use crate::config::Config;
 use crate::config::FlowConfig;
 use crate::config::Naming;
+use crate::config::Delivery;
+use crate::replication::transaction::FlowTransactions;
 use crate::coordination::ThrottleShare;
 use crate::ops::metrics::Metrics;
 use crate::replication::source::SourceConsumer;
@@ -84,7 +86,20 @@ impl Clients {
         let source =
             Arc::new(SourceConsumer::new(&flow.name, &flow.source, &config.clusters[&flow.source], &self.metrics)?);
         self.sources.insert(flow.name.clone(), source.clone());
-        Ok(FlowRuntime { source, target: self.producers[&flow.target].clone(), throttle, provenance, stored })
+        let transactions = match flow.delivery {
+            Delivery::ExactlyOnce => {
+                Some(Arc::new(FlowTransactions::new(flow, &config.clusters[&flow.target], &self.metrics)?))
+            }
+            Delivery::AtLeastOnce => None,
+        };
+        Ok(FlowRuntime {
+            source,
+            target: self.producers[&flow.target].clone(),
+            throttle,
+            provenance,
+            stored,
+            transactions,
+        })
     }
 
     /// Discovery over every flow of `config`.

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint::{self, Access, CheckpointStore, Checkpointer, OpenedStore, StoreError};
 use crate::config::watch::ConfigWatcher;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::coordination::etcd::{Etcd, EtcdError};
 use crate::coordination::membership::Membership;
 use crate::coordination::new_member_id;
@@ -119,11 +119,6 @@ impl Member {
         on_listening: impl FnOnce(SocketAddr),
     ) -> Result<(), MemberError> {
         let Member { config, config_file, metrics } = self;
-        // Admission ran before (`ferry run`); a member started another way still never runs what is not implemented.
-        let unimplemented = crate::config::unimplemented_settings(&config);
-        if !unimplemented.is_empty() {
-            return Err(ConfigError::Invalid(unimplemented).into());
-        }
         let member_id = new_member_id();
         let OpenedStore { store, etcd } =
             checkpoint::open(&config.checkpoint, Access::Member(member_id.clone()), &metrics).await?;

@@ -76,6 +76,12 @@ pub struct Metrics {
     pub etcd_latency: HistogramVec,
     /// Config file reloads, by result (applied, rejected).
     pub config_reloads: IntCounterVec,
+    /// Exactly-once transactions on the target, by flow and result (committed, aborted).
+    pub transactions: IntCounterVec,
+    /// From a transaction's first record to its commit (or abort) completing, by flow.
+    pub transaction_duration: HistogramVec,
+    /// Transactional producers fenced by a newer instance with the same transactional id, by flow.
+    pub producers_fenced: IntCounterVec,
 }
 
 /// Buckets for end-to-end latency: from a few milliseconds on a quiet link to minutes while draining a backlog.
@@ -83,6 +89,10 @@ const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 /// Buckets for etcd requests: a local quorum answers in milliseconds, a struggling one in seconds.
 const ETCD_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Buckets for a transaction's life: the commit interval plus one commit round trip, longer while a target
+/// struggles.
+const TRANSACTION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Label values of one task's series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -175,6 +185,19 @@ pub struct LagMetrics {
     pub records: IntGauge,
     /// `ferry_replication_lag_seconds`.
     pub seconds: prometheus::Gauge,
+}
+
+/// One exactly-once flow's transaction series.
+#[derive(Debug, Clone)]
+pub struct TransactionMetrics {
+    /// `ferry_transactions_total{result="committed"}`.
+    pub committed: IntCounter,
+    /// `ferry_transactions_total{result="aborted"}`.
+    pub aborted: IntCounter,
+    /// `ferry_transaction_duration_seconds`.
+    pub duration: Histogram,
+    /// `ferry_producers_fenced_total`.
+    pub fenced: IntCounter,
 }
 
 /// What a target topic sync did, as `ferry_topic_syncs_total` labels it.
@@ -274,6 +297,16 @@ impl Metrics {
     /// `ferry_config_reloads_total` of a result.
     pub fn config_reloads_of(&self, result: ReloadResult) -> IntCounter {
         self.config_reloads.with_label_values(&[result.label()])
+    }
+
+    /// An exactly-once flow's transaction series.
+    pub fn transactions_of(&self, flow: &str) -> TransactionMetrics {
+        TransactionMetrics {
+            committed: self.transactions.with_label_values(&[flow, "committed"]),
+            aborted: self.transactions.with_label_values(&[flow, "aborted"]),
+            duration: self.transaction_duration.with_label_values(&[flow]),
+            fenced: self.producers_fenced.with_label_values(&[flow]),
+        }
     }
 
     /// `ferry_assigned_tasks` of a member.
@@ -434,6 +467,28 @@ impl Metrics {
                 Opts::new("ferry_config_reloads_total", "Config file changes seen, by result (applied, rejected)."),
                 &["result"]
             )),
+            transactions: register!(IntCounterVec::new(
+                Opts::new(
+                    "ferry_transactions_total",
+                    "Exactly-once transactions on the target, by flow and result (committed, aborted)."
+                ),
+                &["flow", "result"]
+            )),
+            transaction_duration: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "ferry_transaction_duration_seconds",
+                    "From a transaction's first record to its commit or abort completing, by flow."
+                )
+                .buckets(TRANSACTION_BUCKETS.to_vec()),
+                &["flow"]
+            )),
+            producers_fenced: register!(IntCounterVec::new(
+                Opts::new(
+                    "ferry_producers_fenced_total",
+                    "Transactional producers fenced by a newer instance with the same transactional id, by flow."
+                ),
+                &["flow"]
+            )),
             registry,
             per_partition,
             names: {
@@ -517,6 +572,9 @@ impl Metrics {
             &self.etcd_errors,
             &self.etcd_latency,
             &self.config_reloads,
+            &self.transactions,
+            &self.transaction_duration,
+            &self.producers_fenced,
         ];
         families.extend(vectors.iter().flat_map(|vector| vector.collect()).filter(|f| !gathered.contains(f.name())));
         families.sort_by(|a, b| a.name().cmp(b.name()));

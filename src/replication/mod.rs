@@ -6,7 +6,8 @@
 //!
 //! Layout: [`source`] (one consumer per flow, a queue per partition), [`task`] (the per-partition loop),
 //! [`throttle`] (byte-rate budgets), [`target`] (one producer per target cluster, acknowledgement sinks),
-//! [`progress`] (positions and sync points), [`lag`] (how far behind), [`supervisor`] (starts, stops, restarts).
+//! [`progress`] (positions and sync points), [`lag`] (how far behind), [`supervisor`] (starts, stops, restarts),
+//! [`transaction`] (exactly-once: buckets of tasks committing records and positions in one Kafka transaction).
 
 pub mod lag;
 pub mod progress;
@@ -15,3 +16,4 @@ pub mod supervisor;
 pub mod target;
 pub mod task;
 pub mod throttle;
+pub mod transaction;

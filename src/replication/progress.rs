@@ -120,6 +120,17 @@ impl Position {
         self.skipped(last);
     }
 
+    /// The target holds records up to source offset `next_source` (exclusive) that this position never recorded:
+    /// transactions committed after the last checkpoint was written. Continue after them; their target offsets
+    /// are unknown, so translation after the last sync point becomes conservative (it may re-deliver, never skip).
+    pub fn resume_after_unrecorded(&mut self, next_source: i64, target_end: i64) {
+        if let Some(last) = self.sync_points.last_mut() {
+            last.coarse = true;
+        }
+        self.next_source_offset = self.next_source_offset.max(next_source);
+        self.next_target_offset = Some(self.next_target_offset.map_or(target_end, |next| next.max(target_end)));
+    }
+
     /// The remembered lost range that holds source offset `offset`, if any.
     pub fn lost_range_of(&self, offset: i64) -> Option<LostRange> {
         self.lost.iter().copied().find(|range| (range.first..=range.last).contains(&offset))

@@ -21,6 +21,7 @@ use crate::replication::source::SourceConsumer;
 use crate::replication::target::TargetProducer;
 use crate::replication::task::{self, Provenance, TaskContext, TaskError};
 use crate::replication::throttle::Throttle;
+use crate::replication::transaction::FlowTransactions;
 use crate::topics::discovery::{Discovered, TaskSpec};
 
 /// First restart delay after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`], then jittered.
@@ -58,6 +59,8 @@ pub struct FlowRuntime {
     pub provenance: Option<Provenance>,
     /// Checkpoints loaded at start.
     pub stored: BTreeMap<TaskKey, Checkpoint>,
+    /// Set for exactly-once delivery: the flow's transactional buckets.
+    pub transactions: Option<Arc<FlowTransactions>>,
 }
 
 /// A change to the flows the supervisor runs, from a config reload.
@@ -224,6 +227,7 @@ impl Supervisor {
             provenance: flow.provenance.clone(),
             drain_timeout: self.drain_timeout,
             cautious_start: self.failures.contains_key(&spec.id),
+            transactions: flow.transactions.clone(),
         };
         let stop = CancellationToken::new();
         self.running.insert(spec.id.clone(), stop.clone());

@@ -138,6 +138,41 @@ impl TargetProducer {
         Ok(Self { alias: alias.to_owned(), producer: Arc::new(producer) })
     }
 
+    /// A transactional producer for cluster `alias` (exactly-once delivery): one per bucket, with a
+    /// `transactional.id` that stays the same whichever member runs the bucket, so a new instance fences the old.
+    pub fn transactional(
+        alias: &str,
+        cluster: &ClusterConfig,
+        metrics: &Metrics,
+        transactional_id: &str,
+    ) -> Result<Self, ClientError> {
+        let mut config = client_config(alias, cluster, Role::Producer)?;
+        // Set after the user's properties: the id is what fences zombies, so it is never the user's to choose.
+        config.set("transactional.id", transactional_id);
+        // The next transaction's first request waits out the coordinator's CONCURRENT_TRANSACTIONS while the
+        // previous commit's markers are written; librdkafka's 100 ms backoff made every commit cost 100 ms
+        // (docs/adr/0019-exactly-once-design.md).
+        if config.get("retry.backoff.ms").is_none() {
+            config.set("retry.backoff.ms", "10");
+        }
+        // librdkafka refuses a transactional producer whose records may outlive the transaction (ferry's producers
+        // otherwise never time records out); a record that times out aborts the transaction, and the bucket's
+        // tasks replicate again from the committed position.
+        if !cluster.client.contains_key("message.timeout.ms") {
+            let transaction_timeout = config.get("transaction.timeout.ms").unwrap_or("60000").to_owned();
+            config.set("message.timeout.ms", transaction_timeout);
+        }
+        let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
+        let producer =
+            config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))?;
+        Ok(Self { alias: alias.to_owned(), producer: Arc::new(producer) })
+    }
+
+    /// The librdkafka producer, for the transaction calls of a bucket.
+    pub(crate) fn client(&self) -> &Arc<ThreadedProducer<TargetContext>> {
+        &self.producer
+    }
+
     /// The target cluster alias.
     pub fn alias(&self) -> &str {
         &self.alias

@@ -3,7 +3,8 @@
 //!
 //! Invariant: the position moves only over records the target acknowledged (or that the task deliberately does
 //! not replicate), in source-offset order. A rejected record stops the task before the position passes it, so
-//! nothing is lost silently; the supervisor restarts the task from its checkpoint.
+//! nothing is lost silently; the supervisor restarts the task from its checkpoint. Under exactly-once delivery the
+//! position moves only over records whose transaction committed ([`crate::replication::transaction`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::replication::progress::{Position, TaskProgress};
 use crate::replication::source::{PartitionQueue, SourceConsumer, SourceError};
 use crate::replication::target::{Ack, AckSink, TargetProducer, TargetRecord};
 use crate::replication::throttle::Throttle;
+use crate::replication::transaction::{Enlistment, Entry, FlowTransactions, TransactionError};
 use crate::topics::discovery::TaskSpec;
 use crate::topics::naming::PROVENANCE_HEADER;
 
@@ -32,6 +34,11 @@ pub const MAX_IN_FLIGHT_RECORDS: usize = 5_000;
 /// Bytes (keys, values and headers) a task may have sent but not yet seen acknowledged; a single larger record is
 /// still sent, alone.
 pub const MAX_IN_FLIGHT_BYTES: usize = 2 << 20;
+/// Under exactly-once, records a task may hold in open transactions (acknowledged or not); when reached, the task
+/// asks its bucket to commit early. An acknowledged record costs only its bookkeeping here, not its payload.
+pub const MAX_UNCOMMITTED_RECORDS: usize = 50_000;
+/// Under exactly-once, bytes a task may hold in open transactions: bounds a transaction's size per partition.
+pub const MAX_UNCOMMITTED_BYTES: usize = 16 << 20;
 
 /// How long to wait before retrying a send the full producer queue refused, when nothing of this task is in flight.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -75,6 +82,8 @@ pub struct TaskContext {
     /// Send one record and wait for its acknowledgement before pipelining: after the target refused a record,
     /// this keeps every retry from writing the records behind it again.
     pub cautious_start: bool,
+    /// Set for exactly-once delivery: the flow's transactional buckets.
+    pub transactions: Option<Arc<FlowTransactions>>,
 }
 
 /// Why a task stopped on its own.
@@ -126,6 +135,16 @@ pub enum TaskError {
         /// The task's next source offset.
         position: i64,
     },
+    /// Exactly-once delivery cannot go on for now (the target refuses transactions, a transaction aborted, the
+    /// producer was fenced); the task starts over from the committed position.
+    #[error(transparent)]
+    Transaction(Box<TransactionError>),
+}
+
+impl From<TransactionError> for TaskError {
+    fn from(error: TransactionError) -> Self {
+        TaskError::Transaction(Box::new(error))
+    }
 }
 
 impl TaskError {
@@ -133,9 +152,18 @@ impl TaskError {
     pub fn is_retriable(&self) -> bool {
         match self {
             TaskError::Rejected { error, .. } => crate::kafka::is_retriable(error),
-            TaskError::Attach(_) | TaskError::Unordered { .. } => true,
+            TaskError::Attach(_) | TaskError::Unordered { .. } | TaskError::Transaction(_) => true,
             TaskError::SourceBehindPosition { .. } => false,
         }
+    }
+}
+
+/// Permission to add a record to the task's transaction (empty without exactly-once), held until it is tracked.
+struct Admitted(Option<Entry>);
+
+impl Admitted {
+    fn epoch(&self) -> u64 {
+        self.0.as_ref().map_or(0, |entry| entry.epoch)
     }
 }
 
@@ -143,6 +171,8 @@ impl TaskError {
 struct Pending {
     /// The source offset (for a lost range, its last offset).
     offset: i64,
+    /// Under exactly-once, the transaction it was added to (0 otherwise).
+    epoch: u64,
     timestamp_ms: Option<i64>,
     bytes: usize,
     /// What becomes of it; only a produced record gets an acknowledgement.
@@ -183,8 +213,13 @@ struct Replication<'a> {
     pending_bytes: usize,
     /// Where the producer leaves this task's acknowledgements.
     sink: Arc<AckSink>,
-    /// Acknowledgements taken from the sink and not yet accounted for (the buffer is reused).
+    /// Acknowledgements taken from the sink (the buffer is handed back to the sink's delivery thread).
     acks: Vec<Ack>,
+    /// Acknowledgements not yet accounted for, in send order: under exactly-once, those of records whose
+    /// transaction has not committed yet.
+    held: VecDeque<Ack>,
+    /// Set for exactly-once delivery: the task's place in its transactional bucket.
+    transaction: Option<Enlistment>,
     /// The target offset of the last acknowledgement in this run, to check the order the position relies on.
     last_target_offset: Option<i64>,
     /// Set once the target refused a record: no later acknowledgement may move the position past it.
@@ -206,7 +241,36 @@ impl Replication<'_> {
         if self.cautious {
             return self.pending.is_empty();
         }
+        if self.transaction.is_some() {
+            let in_flight = self.unacknowledged - self.held.len();
+            return in_flight < MAX_IN_FLIGHT_RECORDS
+                && self.pending.len() < MAX_UNCOMMITTED_RECORDS
+                && self.pending_bytes < MAX_UNCOMMITTED_BYTES;
+        }
         self.pending.len() < MAX_IN_FLIGHT_RECORDS && self.pending_bytes < MAX_IN_FLIGHT_BYTES
+    }
+
+    /// The producer this task writes through: its bucket's transactional one, or the target cluster's shared one.
+    fn producer(&self) -> &TargetProducer {
+        self.transaction.as_ref().map_or(&self.ctx.target, Enlistment::producer)
+    }
+
+
+    /// Adds a record to `pending` under an admission, and tells the bucket how far the task's transaction reaches.
+    fn track_admitted(&mut self, admitted: Admitted, mut record: Pending) {
+        record.epoch = admitted.epoch();
+        self.track(record);
+        if let (Some(transaction), Some(entry)) = (&self.transaction, &admitted.0) {
+            transaction.advance(entry, self.next_fetch());
+        }
+    }
+
+    /// The newest transaction whose records are on the target for good (every record, without exactly-once).
+    fn committed_epoch(&self) -> Result<u64, TaskError> {
+        match &self.transaction {
+            None => Ok(u64::MAX),
+            Some(transaction) => Ok(transaction.committed_epoch()?),
+        }
     }
 
     /// The source offset the task reads next: after the last offset it took up (or, with nothing pending, its
@@ -240,24 +304,25 @@ impl Replication<'_> {
         }
     }
 
-    /// Accounts for the acknowledgements taken from the sink and for the skipped records behind them, then
-    /// publishes the position once.
+    /// Accounts for the acknowledgements taken from the sink and for the skipped records behind them (under
+    /// exactly-once, those of committed transactions), then publishes the position once.
     fn settle(&mut self) -> Result<(), TaskError> {
-        let mut acks = std::mem::take(&mut self.acks);
-        let result = self.settle_acks(acks.drain(..));
-        self.acks = acks;
+        self.held.extend(self.acks.drain(..));
+        let result = self.committed_epoch().and_then(|committed| self.settle_acks(committed));
         self.publish();
         result
     }
 
-    fn settle_acks(&mut self, acks: impl Iterator<Item = Ack>) -> Result<(), TaskError> {
+    fn settle_acks(&mut self, committed_epoch: u64) -> Result<(), TaskError> {
         let now = now_ms();
-        for ack in acks {
-            self.settle_skipped();
-            // settle_skipped left a produced record at the front, if any.
-            let Some(record) = self.untrack_front() else {
-                return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned()));
-            };
+        loop {
+            self.settle_skipped(committed_epoch);
+            // settle_skipped left a produced record, or a record of an open transaction, at the front, if any.
+            if self.pending.front().is_none_or(|record| !record.produced() || record.epoch > committed_epoch) {
+                break;
+            }
+            let Some(ack) = self.held.pop_front() else { break };
+            let record = self.untrack_front().expect("a produced record is at the front");
             let target_offset = match ack {
                 Ok(target_offset) => target_offset,
                 Err(error) => {
@@ -281,13 +346,25 @@ impl Replication<'_> {
                 self.last_acked_timestamp_ms = Some(timestamp_ms);
             }
         }
-        self.settle_skipped();
+        if self.held.len() > self.unacknowledged {
+            return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned()));
+        }
+        // A refusal inside an open transaction: the transaction cannot commit, and the record is named now.
+        if let Some(index) = self.held.iter().position(Result::is_err) {
+            let offset = self.pending.iter().filter(|record| record.produced()).nth(index).map(|record| record.offset);
+            let error = self.held[index].clone().expect_err("found as an error");
+            self.refused = true;
+            return Err(self.rejected(offset.unwrap_or(self.next_fetch()), error));
+        }
         Ok(())
     }
 
-    /// Skipped records at the front are done: nothing before them waits for an acknowledgement.
-    fn settle_skipped(&mut self) {
-        while let Some(record) = self.pending.front().filter(|record| !record.produced()) {
+    /// Skipped records at the front are done (under exactly-once, once their transaction committed): nothing
+    /// before them waits for an acknowledgement.
+    fn settle_skipped(&mut self, committed_epoch: u64) {
+        while let Some(record) =
+            self.pending.front().filter(|record| !record.produced() && record.epoch <= committed_epoch)
+        {
             let (offset, fate) = (record.offset, record.fate);
             self.untrack_front();
             match fate {
@@ -344,7 +421,8 @@ impl Replication<'_> {
         }
         if let Some(provenance) = &self.ctx.provenance {
             if origin == Some(provenance.target_alias.as_bytes()) {
-                self.track(Pending { offset, timestamp_ms, bytes, fate: Fate::SkippedLoop });
+                let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
+                self.track_admitted(admitted, Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::SkippedLoop });
                 return Ok(true);
             }
             if origin.is_none() {
@@ -381,12 +459,14 @@ impl Replication<'_> {
         }
         let mut unknown_partition_retries = 0;
         loop {
-            match self.ctx.target.send(record) {
+            let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
+            match self.producer().send(record) {
                 Ok(()) => {
-                    self.track(Pending { offset, timestamp_ms, bytes, fate: Fate::Produced });
+                    self.track_admitted(admitted, Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::Produced });
                     return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    drop(admitted);
                     record = returned;
                     // The shared producer is full: wait for room, accounting for our own acknowledgements meanwhile.
                     if self.unacknowledged == 0 {
@@ -407,9 +487,10 @@ impl Replication<'_> {
                     if unknown_partition_retries < UNKNOWN_PARTITION_RETRIES =>
                 {
                     // A partition discovery just added: the shared producer's metadata predates it.
+                    drop(admitted);
                     record = returned;
                     unknown_partition_retries += 1;
-                    if let Err(error) = self.ctx.target.refresh_metadata(&self.ctx.spec.target_topic).await {
+                    if let Err(error) = self.producer().refresh_metadata(&self.ctx.spec.target_topic).await {
                         warn!(task = %self.ctx.spec.id, %error, "cannot refresh target metadata");
                     }
                     tokio::select! {
@@ -427,10 +508,16 @@ impl Replication<'_> {
         let mut records = queue.stream();
         loop {
             let has_room = self.has_room();
+            if let Some(transaction) = self.transaction.as_ref().filter(|_| !has_room) {
+                // The window is full of records waiting for their transaction: commit now rather than at the interval.
+                transaction.request_commit();
+            }
+            let awaiting_acks = self.unacknowledged > self.held.len();
             tokio::select! {
-                // Acknowledgements first: they free in-flight room and move the position.
+                // Acknowledgements and commits first: they free room and move the position.
                 biased;
-                () = self.sink.take(&mut self.acks), if self.unacknowledged > 0 => self.settle()?,
+                () = self.sink.take(&mut self.acks), if awaiting_acks => self.settle()?,
+                () = transaction_changed(&mut self.transaction) => self.settle()?,
                 _ = stop.cancelled() => return Ok(()),
                 received = records.next(), if has_room => {
                     self.ctx.progress.mark_busy();
@@ -446,7 +533,9 @@ impl Replication<'_> {
                                 }
                             }
                             Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
-                                self.move_past_deleted_records()?;
+                                if !self.move_past_deleted_records(stop).await? {
+                                    return Ok(());
+                                }
                             }
                             Err(error) => {
                                 warn!(task = %self.ctx.spec.id, %error, "source partition error; librdkafka retries");
@@ -475,7 +564,8 @@ impl Replication<'_> {
     /// offsets (a group positioned among them translates to the first record after them); then the task reads on
     /// from the log start. A task that never had a record acknowledged starts at the log start without counting:
     /// ferry never saw what was deleted before it started. Past the partition's end, the task stops and waits.
-    fn move_past_deleted_records(&mut self) -> Result<(), TaskError> {
+    /// `false` when `stop` fired first.
+    async fn move_past_deleted_records(&mut self, stop: &CancellationToken) -> Result<bool, TaskError> {
         let id = &self.ctx.spec.id;
         let (log_start, end) =
             self.ctx.source.watermarks(&id.topic, id.partition).map_err(|error| TaskError::Attach(Box::new(error)))?;
@@ -489,6 +579,7 @@ impl Replication<'_> {
             });
         }
         if log_start > next {
+            let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
             let never_replicated = self.position.next_target_offset.is_none() && self.pending.is_empty();
             let fate = if never_replicated {
                 info!(task = %id, log_start, "the source partition starts at its log start offset; replicating from there");
@@ -506,30 +597,51 @@ impl Replication<'_> {
                 );
                 Fate::Lost { first: next }
             };
-            self.track(Pending { offset: log_start - 1, timestamp_ms: None, bytes: 0, fate });
-            self.settle_skipped();
+            self.track_admitted(admitted, Pending { offset: log_start - 1, epoch: 0, timestamp_ms: None, bytes: 0, fate });
+            self.settle_skipped(self.committed_epoch()?);
         }
         let from = log_start.max(next);
         self.ctx
             .source
             .restart_at(&id.topic, id.partition, from)
             .map_err(|error| TaskError::Attach(Box::new(error)))?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Waits (up to the drain timeout) for what is in flight, so the last checkpoint covers it.
+    /// Whether records wait for the target: acknowledgements, and under exactly-once also commits.
+    fn unsettled(&self) -> bool {
+        if self.transaction.is_some() {
+            !self.pending.is_empty()
+        } else {
+            self.unacknowledged > 0
+        }
+    }
+
+    /// Waits (up to the drain timeout) for what is in flight (under exactly-once: for the commit of the task's
+    /// records), so the last checkpoint covers it.
     async fn drain(&mut self) -> Result<(), TaskError> {
         if !self.refused {
             self.settle()?;
+            if let Some(transaction) = &self.transaction {
+                transaction.request_commit();
+            }
             let deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;
-            while self.unacknowledged > 0 {
-                match tokio::time::timeout_at(deadline, self.sink.take(&mut self.acks)).await {
+            while self.unsettled() {
+                let awaiting_acks = self.unacknowledged > self.held.len();
+                let settled = tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        () = self.sink.take(&mut self.acks), if awaiting_acks => {}
+                        () = transaction_changed(&mut self.transaction) => {}
+                    }
+                });
+                match settled.await {
                     Ok(()) => self.settle()?,
                     Err(_) => {
                         warn!(
                             task = %self.ctx.spec.id,
-                            unacknowledged = self.unacknowledged,
-                            "stopping with records not yet acknowledged; they are replicated again from the checkpoint"
+                            unsettled = self.pending.len(),
+                            "stopping with records not yet acknowledged (or their transaction not yet committed); \
+                             they are replicated again from the checkpoint, or committed with their position"
                         );
                         break;
                     }
@@ -562,10 +674,66 @@ async fn count_duplicates(ctx: &TaskContext, position: &Position) {
     }
 }
 
+/// Waits until the task may add to its transaction (at once without exactly-once). `None` when `stop` fired first.
+// A free function: a future borrowing the whole task loop would not be `Send` (its local histogram is not `Sync`).
+async fn admit(transaction: &Option<Enlistment>, stop: &CancellationToken) -> Result<Option<Admitted>, TaskError> {
+    let Some(transaction) = transaction else { return Ok(Some(Admitted(None))) };
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Ok(None),
+        entry = transaction.enter() => Ok(Some(Admitted(Some(entry?)))),
+    }
+}
+
+/// Waits for the next commit or abort of the task's bucket; never without exactly-once.
+async fn transaction_changed(transaction: &mut Option<Enlistment>) {
+    match transaction {
+        Some(transaction) => transaction.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Joins the task's transactional bucket and makes the position the one committed with the records: the target
+/// may hold committed transactions the checkpoint store has not seen (a crash right after a commit). `None` when
+/// `stop` fired first.
+async fn enlist(
+    ctx: &TaskContext,
+    transactions: &FlowTransactions,
+    position: &mut Position,
+    stop: &CancellationToken,
+) -> Result<Option<Enlistment>, TaskError> {
+    let enlistment = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return Ok(None),
+        enlistment = transactions.enlist(&ctx.spec) => enlistment?,
+    };
+    if let Some(committed) = enlistment.committed_offset.filter(|offset| *offset > position.next_source_offset) {
+        info!(
+            task = %ctx.spec.id,
+            checkpoint = position.next_source_offset,
+            committed,
+            bucket = enlistment.bucket(),
+            "the target's committed transactions reach past the checkpoint; resuming where they end"
+        );
+        position.resume_after_unrecorded(committed, enlistment.target_end);
+        ctx.progress.publish(position, None, None);
+    }
+    Ok(Some(enlistment))
+}
+
 /// Runs the task until `stop` fires (returns `Ok`) or a record cannot be replicated (returns the error).
 pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskError> {
-    let position = ctx.progress.position();
-    count_duplicates(&ctx, &position).await;
+    let mut position = ctx.progress.position();
+    let transaction = match &ctx.transactions {
+        Some(transactions) => match enlist(&ctx, transactions, &mut position, &stop).await? {
+            Some(enlistment) => Some(enlistment),
+            None => return Ok(()),
+        },
+        None => {
+            count_duplicates(&ctx, &position).await;
+            None
+        }
+    };
     let (topic, partition) = (ctx.spec.id.topic.clone(), ctx.spec.id.partition);
     let queue = ctx
         .source
@@ -579,6 +747,8 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         pending_bytes: 0,
         sink: AckSink::new(),
         acks: Vec::new(),
+        held: VecDeque::new(),
+        transaction,
         last_target_offset: None,
         refused: false,
         last_acked_timestamp_ms: None,
@@ -651,6 +821,7 @@ mod tests {
             provenance: None,
             drain_timeout: Duration::from_secs(5),
             cautious_start: false,
+            transactions: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(ctx, stop.clone()));

@@ -8,6 +8,7 @@ mod common;
 #[macro_use]
 mod fleet_support;
 mod etcd_failover;
+mod exactly_once;
 mod failover;
 mod fidelity;
 mod fleet;

@@ -56,7 +56,6 @@ flows:
             "checkpoint.etcd.password: environment variable TEST_FERRY_ADMIT_UNSET_ETCD is not set",
             "checkpoint.etcd.tls.cert_file: cannot read /nonexistent/ferry/cert.pem: No such file or directory",
             "checkpoint.etcd.tls.key_file: cannot read /nonexistent/ferry/key.pem: No such file or directory",
-            "flows[0].delivery: exactly-once is not implemented in this version yet",
         ];
         assert_eq!(lines.len(), expected.len(), "{}", lines.join("\n"));
         for (line, expected) in lines.iter().zip(expected) {
@@ -126,7 +125,11 @@ checkpoint:
   store: etcd
   etcd: { endpoints: [x], username: u, password: { env: TEST_FERRY_ADMIT_UNSET_ETCD } }
 flows:
-  - { name: f, source: us-east, target: eu-west, delivery: exactly-once, topics: { include: [a] } }
+  - name: f
+    source: us-east
+    target: eu-west
+    delivery: exactly-once
+    topics: { include: [a] }
 "#,
         )
         .map_err(|e| e.to_string())?;
@@ -136,7 +139,6 @@ flows:
             [
                 "clusters.us-east.client.sasl.passwrod: rejected by librdkafka: No such configuration property: \
                  \"sasl.passwrod\"",
-                "flows[0].delivery: exactly-once is not implemented in this version yet; use `at-least-once`",
             ]
         );
         Ok(())

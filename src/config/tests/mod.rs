@@ -204,6 +204,7 @@ fn full_example_round_trips() {
                 },
                 naming: Naming::Prefix,
                 delivery: Delivery::AtLeastOnce,
+                exactly_once: ExactlyOnce::default(),
                 sync_group_offsets: GroupOffsetSync {
                     enabled: true,
                     include: vec!["billing-.*".into()],
@@ -222,6 +223,7 @@ fn full_example_round_trips() {
                 },
                 naming: Naming::Prefix,
                 delivery: Delivery::AtLeastOnce,
+                exactly_once: ExactlyOnce::default(),
                 sync_group_offsets: GroupOffsetSync::default(),
                 emit_mm2_checkpoints: false,
             },

@@ -187,6 +187,7 @@ metrics: { per_partition: maybe }
     assert_problem(&lines, "flows[0].naming: unknown value \"prefixx\" (expected prefix or identity)");
     assert_problem(&lines, "flows[1].topics: missing required key");
     assert_problem(&lines, "flows[3]: expected a map, found string \"just a string\"");
+
     assert_problem(&lines, "throttles: expected a list, found map");
     assert_problem(&lines, "http.listen: invalid address \"not an address\": expected ip:port");
     assert_problem(&lines, "metrics.per_partition: expected a boolean, found string \"maybe\"");
@@ -228,4 +229,26 @@ fn bad_sizes_and_rates() {
     assert_eq!(ok.size, ByteSize(512 * 1024));
     let err = Figment::from(Yaml::string("size: 12 parsecs")).extract::<Holder>().unwrap_err();
     assert!(err.to_string().starts_with("invalid size \"12 parsecs\": unknown unit \"parsecs\""), "{err}");
+}
+
+#[test]
+fn exactly_once_settings_are_bounded() {
+    let lines = problems(
+        r#"
+clusters:
+  us-east: { bootstrap_servers: "a:1" }
+  eu-west: { bootstrap_servers: "b:1" }
+flows:
+  - name: f
+    source: us-east
+    target: eu-west
+    topics: { include: [a] }
+    delivery: exactly-once
+    exactly_once: { buckets: 0, commit_interval: 0s, transactional_id_prefix: "two words" }
+"#,
+    );
+    assert_problem(&lines, "flows[0].exactly_once.buckets: must be between 1 and 1024");
+    assert_problem(&lines, "flows[0].exactly_once.commit_interval: must be greater than 0 and at most 30s");
+    assert_problem(&lines, "flows[0].exactly_once.transactional_id_prefix: must be 1 to 200 characters");
+    assert_eq!(lines.len(), 3, "{lines:?}");
 }

@@ -246,15 +246,18 @@ fn unknown_cluster_is_rejected_with_its_key_path() {
 }
 
 #[test]
-fn unsupported_settings_are_rejected_like_at_start() {
+fn exactly_once_settings_are_checked_like_at_start() {
     isolated_env(async {
         let map = ConfigMap::new(BASE);
         let (watcher, _) = watcher(&map);
-        let eos = BASE.replace("    topics:", "    delivery: exactly-once\n    topics:");
+        let eos = BASE.replace("    topics:", "    delivery: exactly-once\n    exactly_once: { buckets: 5000 }\n    topics:");
         match watcher.check(eos.as_bytes()) {
-            Err(error) => assert!(error.to_string().starts_with("flows[0].delivery: exactly-once"), "{error}"),
-            Ok(reload) => panic!("exactly-once accepted: {reload:?}"),
+            Err(error) => assert!(error.to_string().starts_with("flows[0].exactly_once.buckets: must be"), "{error}"),
+            Ok(reload) => panic!("5000 buckets accepted: {reload:?}"),
         }
+        let eos = BASE.replace("    topics:", "    delivery: exactly-once\n    topics:");
+        let reload = watcher.check(eos.as_bytes()).expect("exactly-once is accepted").expect("a change");
+        assert_eq!(reload.change.changed_flows.len(), 1, "applied live, by restarting the flow's tasks: {reload:?}");
     });
 }
 
