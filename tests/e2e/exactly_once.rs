@@ -88,3 +88,115 @@ async fn kill9_mid_stream_then_restart_delivers_every_record_exactly_once() {
     let logs = ferry.logs();
     assert!(logs.contains("transactional producer ready"), "{logs}");
 }
+
+/// Reads the target until it holds, for read_committed readers, exactly `expected` on every partition; fails at once
+/// when a partition holds more (a duplicate can never go away).
+pub async fn wait_exactly_once(bootstrap: &str, topic: &str, expected: &[Vec<Record>], timeout: Duration) {
+    let done = || {
+        expected.iter().enumerate().all(|(partition, expected)| {
+            let count = read_partition(bootstrap, topic, partition as i32).len();
+            assert!(count <= expected.len(), "{topic}[{partition}]: {count} records read, {} expected", expected.len());
+            count == expected.len()
+        })
+    };
+    wait_for("every source record committed on the target", timeout, || done().then_some(())).await;
+    for (partition, expected) in expected.iter().enumerate() {
+        assert_exactly_once(bootstrap, topic, partition as i32, expected);
+    }
+}
+
+/// The numbered records `from..to` of every partition.
+fn numbered(topic: &str, partitions: i32, from: u64, to: u64) -> Vec<Vec<Record>> {
+    (0..partitions).map(|p| (from..to).map(|seq| Record::numbered(topic, p, seq)).collect()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_member_killed_and_a_zombie_woken_up_deliver_exactly_once_and_the_zombie_is_fenced() {
+    use crate::fleet_support::*;
+    const PARTITIONS: i32 = 6;
+    let env = test_env!();
+    let etcd = etcd_endpoint!();
+    let (topic, flow, prefix) = (unique("eos-fleet"), unique("eosf"), format!("/{}", unique("ferry-eos")));
+    create_topic(&env.source, &topic, PARTITIONS, &[]).await;
+    let producer = producer(&env.source);
+    let all = numbered(&topic, PARTITIONS, 0, 4_000);
+    let first: Vec<Vec<Record>> = all.iter().map(|records| records[..1_000].to_vec()).collect();
+    for (partition, records) in first.iter().enumerate() {
+        produce(&producer, &topic, partition as i32, records).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(&config, fleet_config(&env, &etcd, &prefix, &flow, &topic, EXACTLY_ONCE)).unwrap();
+    let mut members: Vec<Option<Ferry>> =
+        (0..3).map(|_| Some(Ferry::start_with(config.clone(), free_port(), &[]))).collect();
+    let owned_total = |members: &[Option<Ferry>]| -> Option<i64> { members.iter().flatten().map(owned).sum() };
+    let owners = |members: &[Option<Ferry>]| -> Vec<usize> {
+        (0..members.len()).filter(|i| members[*i].as_ref().and_then(owned).is_some_and(|n| n > 0)).collect()
+    };
+    wait_for("every task owned, by at least two members", Duration::from_secs(60), || {
+        (owned_total(&members) == Some(i64::from(PARTITIONS)) && owners(&members).len() >= 2).then_some(())
+    })
+    .await;
+    let rest: Vec<Vec<Record>> = all.iter().map(|records| records[1_000..].to_vec()).collect();
+    let feeder = feed_slowly(producer.clone(), topic.clone(), rest, 30, Duration::from_millis(300));
+
+    // kill -9 of a member running tasks that is not the leader.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let not_leader = |members: &[Option<Ferry>], i: &usize| !is_leader(members[*i].as_ref().unwrap());
+    let victim = owners(&members).into_iter().find(|i| not_leader(&members, i)).expect("a non-leader owner");
+    members[victim].take().unwrap().kill9();
+    wait_for("the killed member's buckets taken over", Duration::from_secs(TTL_SECONDS + 30), || {
+        (owned_total(&members) == Some(i64::from(PARTITIONS))).then_some(())
+    })
+    .await;
+
+    // A member frozen past its lease while it replicates: the other takes its buckets and fences its producers.
+    wait_for("both survivors running tasks", Duration::from_secs(60), || (owners(&members).len() == 2).then_some(()))
+        .await;
+    let zombie = owners(&members).into_iter().find(|i| not_leader(&members, i)).expect("a non-leader owner");
+    let other = owners(&members).into_iter().find(|i| *i != zombie).unwrap();
+    members[zombie].as_ref().unwrap().signal("STOP");
+    wait_for("the frozen member's buckets taken over", Duration::from_secs(TTL_SECONDS + 30), || {
+        (members[other].as_ref().and_then(owned) == Some(i64::from(PARTITIONS))).then_some(())
+    })
+    .await;
+    let zombie = members[zombie].as_ref().unwrap();
+    zombie.signal("CONT");
+    wait_for("the woken member fenced", Duration::from_secs(60), || {
+        (zombie.metric("ferry_producers_fenced_total", &[("flow", &flow)])? >= 1.0).then_some(())
+    })
+    .await;
+    assert!(zombie.logs().contains("fenced"), "the zombie must say it was fenced:\n{}", zombie.logs());
+
+    feeder.await.unwrap();
+    wait_exactly_once(&env.target, &format!("src.{topic}"), &all, Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_broker_stopped_for_30_s_mid_stream_still_gets_every_record_once() {
+    const PARTITIONS: i32 = 2;
+    let env = test_env!();
+    let node = KafkaNode::new(&env);
+    node.start();
+    let target = node.bootstrap();
+    let (topic, flow) = (unique("eos-outage"), unique("eoso"));
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, PARTITIONS, &[]).await;
+    let config_text = config(&env, state.path(), &flow, &topic, EXACTLY_ONCE).replace(&env.target, &target);
+    let ferry = Ferry::start(state.path(), &config_text);
+    let target_topic = format!("src.{topic}");
+    let producer = producer(&env.source);
+    let all = numbered(&topic, PARTITIONS, 0, 6_000);
+    let feeder = feed_slowly(producer.clone(), topic.clone(), all.clone(), 40, Duration::from_millis(250));
+    wait_for("replication under way", Duration::from_secs(60), || {
+        (end_offset(&target, &target_topic, 0) > 500).then_some(())
+    })
+    .await;
+    node.stop();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    node.start();
+    feeder.await.unwrap();
+    wait_exactly_once(&target, &target_topic, &all, Duration::from_secs(180)).await;
+    let committed = ferry.metric("ferry_transactions_total", &[("flow", &flow), ("result", "committed")]);
+    assert!(committed.unwrap_or(0.0) > 0.0, "{}", ferry.logs());
+}
