@@ -7,9 +7,13 @@
 //! - `produce`: the load generator (the backlog as fast as the source takes it, or a fixed rate of records stamped
 //!   with their send time for the latency phase and the scale run).
 //! - `watch`: polls the end offsets of source and target topics and prints one JSON line per poll, so the script
-//!   can time the drain and sample the replicator's CPU and memory at its start and end.
-//! - `latency`: reads the target and prints the distribution of receive time − record timestamp; with the source
-//!   topic too, it splits each record's latency into its source part and the replicator's hop.
+//!   can time the drain and sample the replicator's CPU and memory at its start and end. With `--committed` (a
+//!   replicator that writes the target in transactions) a partition counts as drained only once its last committed
+//!   record is the source partition's last record: a transactional target's end offsets also count the commit
+//!   markers, one offset per transaction and partition, so "end offset >= the source's" can hold while the last
+//!   records are still missing or in an open transaction.
+//! - `latency`: reads the target (read_committed) and prints the distribution of receive time − record timestamp;
+//!   with the source topic too, it splits each record's latency into its source part and the replicator's hop.
 //! - `create-topics`: creates many topics in one admin request.
 //!
 //! It is a `[[bench]]` with `harness = false`: `cargo bench --bench pipe -- pipe ...` runs it. Without a
@@ -102,6 +106,12 @@ enum Command {
         interval_ms: u64,
         #[arg(long, default_value_t = 1800.0)]
         timeout: f64,
+        /// The target is written in transactions: count a partition as caught up once its last committed record is
+        /// the source partition's last record (same timestamp, key and value), not once its end offset, which also
+        /// counts commit markers, reaches the source's. `target` in the output is then the sum of the target's
+        /// high watermarks (written, committed or not); `stable` the sum of its last stable offsets.
+        #[arg(long)]
+        committed: bool,
     },
     /// Read a topic from its beginning until `expect` records arrived (or `timeout` seconds passed); print
     /// the end-to-end latency (receive time − record timestamp) percentiles as JSON.
@@ -189,9 +199,9 @@ fn main() {
             let load = Load { records, seconds, size, rate, linger_ms, idempotence: !no_idempotence, warmup };
             produce(&bootstrap, &split(&topics), partitions, &load)
         }
-        Command::Watch { route, partitions, interval_ms, timeout } => {
+        Command::Watch { route, partitions, interval_ms, timeout, committed } => {
             let interval = Duration::from_millis(interval_ms);
-            watch(&route.source, &route.target, &route.pairs(), partitions, interval, timeout)
+            watch(&route.source, &route.target, &route.pairs(), partitions, interval, timeout, committed)
         }
         Command::Latency { bootstrap, topic, partitions, expect, timeout, source_bootstrap, source_topic } => {
             let target = Read { bootstrap, topic };
@@ -501,11 +511,76 @@ fn produce(bootstrap: &str, topics: &[String], partitions: i32, load: &Load) -> 
     Ok(())
 }
 
-/// End offsets of every partition of `topic`; `None` for a partition (or topic) that does not exist yet.
+/// End offsets of every partition of `topic`; `None` for a partition (or topic) that does not exist yet. With
+/// librdkafka's `isolation.level=read_committed` (its default) the end offset is the last stable offset, with
+/// `read_uncommitted` the high watermark.
 fn end_offsets(client: &BaseConsumer, topic: &str, partitions: i32) -> Vec<Option<i64>> {
     (0..partitions)
         .map(|partition| client.fetch_watermarks(topic, partition, Duration::from_secs(5)).ok().map(|w| w.1))
         .collect()
+}
+
+/// What identifies a copied record: a replicator keeps timestamp, key and value.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint {
+    timestamp_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+impl Fingerprint {
+    fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> Fingerprint {
+        Fingerprint {
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// A consumer that reads single partitions at given offsets (committed records only) up to their end.
+fn reader(bootstrap: &str) -> Result<BaseConsumer> {
+    Ok(plain(bootstrap)
+        .set("group.id", "ferry-bench-watch-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()?)
+}
+
+/// The last record of each partition of `topic` read from the given offset up to the partition's end (for a
+/// read_committed reader: its last stable offset); `None` for a partition without a record in that range.
+fn last_records(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, Option<Fingerprint>>> {
+    let mut assignment = TopicPartitionList::new();
+    for (&partition, &offset) in from {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut last: BTreeMap<i32, Option<Fingerprint>> = BTreeMap::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while at_end.len() < from.len() {
+        if Instant::now() > deadline {
+            return Err(format!("{topic}: could not read to the end of partitions {from:?} in 30 s").into());
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last.insert(message.partition(), Some(Fingerprint::of(&message)));
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(error)) => eprintln!("watch: reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    consumer.unassign()?;
+    Ok(from.keys().map(|partition| (*partition, last.remove(partition).flatten())).collect())
 }
 
 fn watch(
@@ -515,9 +590,14 @@ fn watch(
     partitions: i32,
     interval: Duration,
     timeout: f64,
+    committed: bool,
 ) -> Result<()> {
     let source_client: BaseConsumer = plain(source).create()?;
-    let target_client: BaseConsumer = plain(target).create()?;
+    let target_client: BaseConsumer = plain(target).set("isolation.level", "read_committed").create()?;
+    // With --committed: what was written, committed or not (the first record on the target starts the copy window
+    // as it does for a replicator without transactions).
+    let written_client: Option<BaseConsumer> =
+        if committed { Some(plain(target).set("isolation.level", "read_uncommitted").create()?) } else { None };
     let mut source_ends = Vec::new();
     for (source_topic, _) in maps {
         for end in end_offsets(&source_client, source_topic, partitions) {
@@ -525,12 +605,38 @@ fn watch(
         }
     }
     let source_total: i64 = source_ends.iter().sum();
+    // With --committed: each source partition's last record, what the target partition's last committed record
+    // must be once everything is copied (None for an empty partition), and which target partitions showed it.
+    let mut source_last: Vec<Option<Fingerprint>> = Vec::new();
+    let mut verified = vec![false; source_ends.len()];
+    let mut window = vec![1_000_i64; source_ends.len()];
+    let checker = if committed {
+        let source_reader = reader(source)?;
+        for (index, (source_topic, _)) in maps.iter().enumerate() {
+            let ends = &source_ends[index * partitions as usize..(index + 1) * partitions as usize];
+            let from: BTreeMap<i32, i64> =
+                (0..partitions).filter(|p| ends[*p as usize] > 0).map(|p| (p, ends[p as usize] - 1)).collect();
+            let mut last =
+                if from.is_empty() { BTreeMap::new() } else { last_records(&source_reader, source_topic, &from)? };
+            for partition in 0..partitions {
+                let fingerprint = last.remove(&partition).flatten();
+                if ends[partition as usize] > 0 && fingerprint.is_none() {
+                    return Err(format!("cannot read the last record of {source_topic}[{partition}]").into());
+                }
+                source_last.push(fingerprint);
+            }
+        }
+        Some(reader(target)?)
+    } else {
+        None
+    };
     let start = Instant::now();
     let mut stdout = std::io::stdout().lock();
     // Until a replicator created its target topic, watermark requests for it would wait out their timeout.
     let mut created = vec![false; maps.len()];
     loop {
         let mut target_ends = Vec::with_capacity(source_ends.len());
+        let mut written_ends = Vec::with_capacity(source_ends.len());
         for ((_, target_topic), created) in maps.iter().zip(created.iter_mut()) {
             if !*created {
                 let metadata = target_client.fetch_metadata(Some(target_topic), Duration::from_secs(5))?;
@@ -540,18 +646,52 @@ fn watch(
                     .is_some_and(|topic| topic.error().is_none() && topic.partitions().len() as i32 == partitions);
             }
             if *created {
+                if let Some(written_client) = &written_client {
+                    written_ends.extend(
+                        end_offsets(written_client, target_topic, partitions).into_iter().map(|e| e.unwrap_or(0)),
+                    );
+                }
                 target_ends
                     .extend(end_offsets(&target_client, target_topic, partitions).into_iter().map(|e| e.unwrap_or(0)));
             } else {
                 target_ends.extend(std::iter::repeat_n(0, partitions as usize));
+                written_ends.extend(std::iter::repeat_n(0, partitions as usize));
             }
         }
-        let caught_up = target_ends.iter().zip(&source_ends).all(|(target, source)| target >= source);
+        let caught_up = match &checker {
+            None => target_ends.iter().zip(&source_ends).all(|(target, source)| target >= source),
+            Some(checker) => {
+                // A partition whose last stable offset is short of the source's end certainly misses records (it
+                // holds at least as many offsets as records); one at or past it may still miss the last records of
+                // up to one offset per commit marker: compare its last committed record with the source's.
+                for (index, (_, target_topic)) in maps.iter().enumerate() {
+                    let range = index * partitions as usize..(index + 1) * partitions as usize;
+                    let from: BTreeMap<i32, i64> = range
+                        .clone()
+                        .filter(|&i| !verified[i] && target_ends[i] >= source_ends[i])
+                        .map(|i| ((i - range.start) as i32, (target_ends[i] - window[i]).max(0)))
+                        .collect();
+                    if from.is_empty() {
+                        continue;
+                    }
+                    for (partition, last) in last_records(checker, target_topic, &from)? {
+                        let i = range.start + partition as usize;
+                        if last.is_none() && source_last[i].is_some() {
+                            window[i] *= 10; // only markers in the window: look further back next time
+                        }
+                        verified[i] = last == source_last[i];
+                    }
+                }
+                verified.iter().all(|done| *done)
+            }
+        };
+        let target_total: i64 = if committed { written_ends.iter().sum() } else { target_ends.iter().sum() };
+        let stable =
+            if committed { format!(", \"stable\": {}", target_ends.iter().sum::<i64>()) } else { String::new() };
         writeln!(
             stdout,
-            "{{\"t\": {:.3}, \"source\": {source_total}, \"target\": {}, \"caught_up\": {caught_up}}}",
+            "{{\"t\": {:.3}, \"source\": {source_total}, \"target\": {target_total}{stable}, \"caught_up\": {caught_up}}}",
             now_secs(),
-            target_ends.iter().sum::<i64>()
         )?;
         stdout.flush()?;
         if caught_up {
@@ -574,7 +714,8 @@ struct Read {
 #[derive(Clone, Copy)]
 struct Receipt {
     partition: i32,
-    offset: i64,
+    /// The record's place among the stamped records of its partition (0, 1, ...), in offset order.
+    ordinal: i64,
     timestamp_ms: i64,
     received_ms: i64,
 }
@@ -584,6 +725,8 @@ fn receipts(read: &Read, partitions: i32, expect: u64, timeout: f64) -> Result<V
     let consumer: BaseConsumer = plain(&read.bootstrap)
         .set("group.id", "ferry-bench-latency-unused")
         .set("enable.auto.commit", "false")
+        // librdkafka's default, spelled out: an exactly-once replicator's records count once committed.
+        .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100")
         .create()?;
@@ -594,15 +737,18 @@ fn receipts(read: &Read, partitions: i32, expect: u64, timeout: f64) -> Result<V
     consumer.assign(&assignment)?;
     let start = Instant::now();
     let mut receipts = Vec::with_capacity(expect as usize);
+    let mut count_of: HashMap<i32, i64> = HashMap::new();
     while (receipts.len() as u64) < expect && start.elapsed().as_secs_f64() < timeout {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let warmup =
                     message.headers().is_some_and(|headers| headers.iter().any(|header| header.key == WARMUP_HEADER));
                 if let (Some(timestamp_ms), false) = (message.timestamp().to_millis(), warmup) {
+                    let count = count_of.entry(message.partition()).or_default();
+                    *count += 1;
                     receipts.push(Receipt {
                         partition: message.partition(),
-                        offset: message.offset(),
+                        ordinal: *count - 1,
                         timestamp_ms,
                         received_ms: now_ms(),
                     });
@@ -649,18 +795,19 @@ fn latency(target: Read, source: Option<Read>, partitions: i32, expect: u64, tim
 
 /// The report fields that split each record's end-to-end latency into its source part (record timestamp → a
 /// source reader has it) and its hop (→ a target reader has it). Replicators keep partition, order and timestamp,
-/// and the topics are new, so a record sits at the same partition and offset on both sides; a pair whose
-/// timestamps differ is counted as unpaired instead (a replicator that wrote duplicates).
+/// and the topics are new, so the n-th stamped record of a partition is the n-th on both sides (not the same
+/// offset: a transactional target has commit markers between records); a pair whose timestamps differ is counted
+/// as unpaired instead (a replicator that wrote duplicates).
 fn split_by_hop(at_source: &[Receipt], at_target: &[Receipt]) -> Vec<(&'static str, serde_json::Value)> {
     let source_of: HashMap<(i32, i64), Receipt> =
-        at_source.iter().map(|receipt| ((receipt.partition, receipt.offset), *receipt)).collect();
+        at_source.iter().map(|receipt| ((receipt.partition, receipt.ordinal), *receipt)).collect();
     let first_ms = at_target.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
     let (mut source_part, mut hop, mut unpaired) = (Vec::new(), Vec::new(), 0);
     // Per second of record timestamps: the worst end-to-end latency, and the worst source part and hop then.
     let mut seconds: BTreeMap<i64, [i64; 3]> = BTreeMap::new();
     for target in at_target {
         let Some(source) =
-            source_of.get(&(target.partition, target.offset)).filter(|s| s.timestamp_ms == target.timestamp_ms)
+            source_of.get(&(target.partition, target.ordinal)).filter(|s| s.timestamp_ms == target.timestamp_ms)
         else {
             unpaired += 1;
             continue;

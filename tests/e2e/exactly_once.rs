@@ -200,3 +200,36 @@ async fn a_target_broker_stopped_for_30_s_mid_stream_still_gets_every_record_onc
     let committed = ferry.metric("ferry_transactions_total", &[("flow", &flow), ("result", "committed")]);
     assert!(committed.unwrap_or(0.0) > 0.0, "{}", ferry.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_exact_across_the_commit_markers_of_many_transactions() {
+    let env = test_env!();
+    let (topic, flow) = (unique("eos-markers"), unique("eosm"));
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let _ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, EXACTLY_ONCE));
+    let all = numbered(&topic, 1, 0, 600);
+    // Slower than the commit interval: the records land in many transactions, each leaving a commit marker.
+    feed_slowly(producer(&env.source), topic.clone(), all.clone(), 15, Duration::from_millis(300)).await.unwrap();
+    let target_topic = format!("src.{topic}");
+    wait_exactly_once(&env.target, &target_topic, &all, Duration::from_secs(60)).await;
+    wait_for("the last transaction checkpointed", Duration::from_secs(30), || {
+        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&600)).then_some(())
+    })
+    .await;
+    let markers = end_offset(&env.target, &target_topic, 0) - 600;
+    assert!(markers >= 5, "only {markers} commit markers: the test needs records spread over transactions");
+    let target_offsets: Vec<i64> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(o, _)| o).collect();
+    // Source positions just after a marker's gap, on both sides of it, and spread over the whole partition.
+    let after_gaps: Vec<i64> = (1..target_offsets.len())
+        .filter(|i| target_offsets[*i] > target_offsets[*i - 1] + 1)
+        .take(4)
+        .flat_map(|i| [i as i64 - 1, i as i64])
+        .collect();
+    let mut positions: Vec<i64> = after_gaps.into_iter().chain((0..=600).step_by(199)).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    for position in positions {
+        crate::failover::fail_over_and_compare(&env, state.path(), &flow, &topic, &[position]).await;
+    }
+}

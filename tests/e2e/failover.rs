@@ -23,7 +23,7 @@ fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
 
 /// Commits `positions` for `group` on the source, runs `ferry failover`, and checks that reading the target from the
 /// translated offsets yields exactly the source's records at or after each position.
-async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &str, topic: &str, positions: &[i64]) {
+pub async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &str, topic: &str, positions: &[i64]) {
     let group = unique("group");
     commit(&env.source, &group, topic, positions);
     let done = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -55,6 +55,18 @@ async fn fail_over_and_compare(env: &TestEnv, state: &std::path::Path, flow: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_exact_on_a_compacted_topic() {
     let env = test_env!();
+    failover_on_a_compacted_topic(&env, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_exact_on_a_compacted_topic_replicated_exactly_once() {
+    let env = test_env!();
+    failover_on_a_compacted_topic(&env, crate::exactly_once::EXACTLY_ONCE).await;
+}
+
+/// Replicates a compacted partition with the flow settings `extra`, checks the target holds exactly its records,
+/// then fails groups over from positions in and around compaction gaps.
+async fn failover_on_a_compacted_topic(env: &TestEnv, extra: &str) {
     let topic = unique("compacted");
     let flow = unique("cmp");
     let state = tempfile::tempdir().unwrap();
@@ -102,23 +114,37 @@ async fn failover_is_exact_on_a_compacted_topic() {
     let source = read_partition(&env.source, &topic, 0);
     let end = end_offset(&env.source, &topic, 0);
 
-    let _ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    let _ferry = Ferry::start(state.path(), &config(env, state.path(), &flow, &topic, extra));
     wait_for("the compacted partition checkpointed", Duration::from_secs(60), || {
         (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&end)).then_some(())
     })
     .await;
+    let records: Vec<Record> = source.iter().map(|(_, record)| record.clone()).collect();
+    crate::exactly_once::assert_exactly_once(&env.target, &format!("src.{topic}"), 0, &records);
     // Positions inside compacted-away gaps, at kept records, and at the very end.
     let gap = (1..source.len()).find(|i| source[*i].0 > source[*i - 1].0 + 1).expect("compaction left a gap");
     let inside_gap = source[gap - 1].0 + 1;
     for position in [inside_gap, source[gap].0, source[source.len() / 2].0 + 1, end] {
-        fail_over_and_compare(&env, state.path(), &flow, &topic, &[position]).await;
+        fail_over_and_compare(env, state.path(), &flow, &topic, &[position]).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() {
-    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
     let env = test_env!();
+    failover_on_a_transactional_topic(&env, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_exact_on_a_transactional_topic_replicated_exactly_once() {
+    let env = test_env!();
+    failover_on_a_transactional_topic(&env, crate::exactly_once::EXACTLY_ONCE).await;
+}
+
+/// Replicates a partition written in transactions, some aborted, with the flow settings `extra`, checks the target
+/// holds exactly the committed records, then fails groups over from markers, aborted ranges and records.
+async fn failover_on_a_transactional_topic(env: &TestEnv, extra: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
     let topic = unique("transactional");
     let flow = unique("txn");
     let state = tempfile::tempdir().unwrap();
@@ -152,13 +178,15 @@ async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() 
     assert_eq!(source.len(), 40, "8 committed transactions of 5 records");
     let end = end_offset(&env.source, &topic, 0);
 
-    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    let ferry = Ferry::start(state.path(), &config(env, state.path(), &flow, &topic, extra));
     wait_for("the transactional partition replicated", Duration::from_secs(60), || {
         let next = stored_positions(state.path(), &flow).get(&(topic.clone(), 0)).copied()?;
         // The position stops after the last committed record; only the final commit marker lies beyond it.
         (next > source.last().unwrap().0).then_some(())
     })
     .await;
+    let records: Vec<Record> = source.iter().map(|(_, record)| record.clone()).collect();
+    crate::exactly_once::assert_exactly_once(&env.target, &format!("src.{topic}"), 0, &records);
     // Only a commit marker lies between the position and the partition end: that is no lag.
     wait_for("no lag on the caught-up transactional partition", Duration::from_secs(30), || {
         (ferry.metric("ferry_replication_lag_records", &[("flow", &flow)])? == 0.0).then_some(())
@@ -168,7 +196,7 @@ async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() 
     let marker = source[4].0 + 1;
     let aborted = (1..source.len()).find(|i| source[*i].0 > source[*i - 1].0 + 2).map(|i| source[i - 1].0 + 2).unwrap();
     for position in [marker, aborted, source[20].0, source[39].0 + 1, end] {
-        fail_over_and_compare(&env, state.path(), &flow, &topic, &[position]).await;
+        fail_over_and_compare(env, state.path(), &flow, &topic, &[position]).await;
     }
 }
 
