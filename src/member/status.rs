@@ -12,6 +12,7 @@ use crate::ops::http::FleetStatus;
 use crate::ops::http::Status;
 use crate::replication::lag;
 use crate::replication::lag::LagGauges;
+use crate::replication::progress::TaskState;
 use crate::topics::discovery::Discovered;
 
 use super::{lock, Shared, STATUS_INTERVAL};
@@ -42,7 +43,11 @@ pub(super) async fn report_status(
                     continue;
                 };
                 let end = source.end_offset(&id.topic, id.partition);
-                lags.push(lag::task_lag(id, &progress.lag_inputs(), end, now_ms));
+                let mut lag = lag::task_lag(id, &progress.lag_inputs(), end, now_ms);
+                if let TaskState::Paused(reason) = progress.state() {
+                    lag.pause_reason = Some(reason);
+                }
+                lags.push(lag);
             }
             let reason = if let Some(waiting) = &discovered.waiting_for {
                 Some(waiting.to_string())

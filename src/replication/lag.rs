@@ -30,6 +30,9 @@ pub struct TaskLag {
     pub lag_seconds: f64,
     /// Whether the task is paused after a failure.
     pub paused: bool,
+    /// Why, when paused: the failure it waits to retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
 }
 
 /// How long a task must have had nothing to do before the offsets between its position and the partition end are
@@ -58,6 +61,7 @@ pub fn task_lag(id: &TaskId, inputs: &LagInputs, source_end_offset: Option<i64>,
         lag_records,
         lag_seconds,
         paused: inputs.paused,
+        pause_reason: None,
     }
 }
 

@@ -215,7 +215,10 @@ impl Supervisor {
                 Arc::new(TaskProgress::new(position))
             }
         };
-        progress.set_state(TaskState::Running);
+        if !self.failures.contains_key(&spec.id) {
+            // A restarted task stays paused, with its reason, until it is replicating again (task::run says so).
+            progress.set_state(TaskState::Running);
+        }
         self.registry.insert(spec.id.clone(), progress.clone());
         let ctx = TaskContext {
             spec: spec.clone(),

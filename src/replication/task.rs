@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::ops::metrics::TaskMetrics;
-use crate::replication::progress::{Position, TaskProgress};
+use crate::replication::progress::{Position, TaskProgress, TaskState};
 use crate::replication::source::{PartitionQueue, SourceConsumer, SourceError};
 use crate::replication::target::{Ack, AckSink, TargetProducer, TargetRecord};
 use crate::replication::throttle::Throttle;
@@ -739,6 +739,7 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         .source
         .attach(&topic, partition, position.next_source_offset)
         .map_err(|e| TaskError::Attach(Box::new(e)))?;
+    ctx.progress.set_state(TaskState::Running);
     let mut replication = Replication {
         ctx: &ctx,
         position,

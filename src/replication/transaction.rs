@@ -46,7 +46,7 @@ pub enum TransactionError {
     /// The target refused to start transactions (the broker cannot host them, or refuses the settings).
     #[error(
         "flow {flow}: target cluster {cluster} refused to start transactions for transactional id {transactional_id}: \
-         {error} (exactly-once delivery waits; it never falls back to at-least-once)"
+         {error}{hint} (exactly-once delivery waits; it never falls back to at-least-once)"
     )]
     Init {
         /// Flow name.
@@ -57,6 +57,8 @@ pub enum TransactionError {
         transactional_id: String,
         /// Kafka's error (boxed: the variants travel in every task's `Result`).
         error: Box<KafkaError>,
+        /// What to check, when Kafka's error does not say.
+        hint: &'static str,
     },
     /// The committed positions could not be read from the target.
     #[error("flow {flow}: cannot read the committed position of {topic}[{partition}] in group {group} on target cluster {cluster}: {error}")]
@@ -309,6 +311,12 @@ impl FlowTransactions {
                 flow: shared.flow.clone(),
                 cluster: shared.cluster_alias.clone(),
                 transactional_id,
+                hint: if matches!(&error, KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::OperationTimedOut) {
+                    "; no transaction coordinator answered in time: the target's brokers must be able to create \
+                     __transaction_state (transaction.state.log.replication.factor and .min.isr met by live brokers)"
+                } else {
+                    ""
+                },
                 error: Box::new(error),
             });
         }

@@ -413,6 +413,8 @@ pub fn stored_positions(state_dir: &Path, flow: &str) -> BTreeMap<(String, i32),
 pub struct KafkaNode {
     dir: tempfile::TempDir,
     lib: String,
+    /// Extra server.properties lines (scripts/kafka-node's KAFKA_NODE_PROPERTIES).
+    properties: String,
     broker_port: u16,
     controller_port: u16,
     created: std::cell::Cell<bool>,
@@ -424,10 +426,18 @@ impl KafkaNode {
         KafkaNode {
             dir: tempfile::tempdir().unwrap(),
             lib: env.kafka_lib.clone(),
+            properties: String::new(),
             broker_port: free_port(),
             controller_port: free_port(),
             created: std::cell::Cell::new(false),
         }
+    }
+
+    /// A node whose server.properties also hold `properties` (one `key=value` per line).
+    pub fn with_properties(env: &TestEnv, properties: &str) -> Self {
+        let mut node = Self::new(env);
+        node.properties = properties.to_owned();
+        node
     }
 
     /// Its bootstrap address.
@@ -454,6 +464,7 @@ impl KafkaNode {
             .arg(self.dir.path())
             .args(&args[1..])
             .env("FERRY_KAFKA_LIB", &self.lib)
+            .env("KAFKA_NODE_PROPERTIES", &self.properties)
             .status()
             .unwrap();
         assert!(status.success(), "kafka-node {args:?} failed");

@@ -233,3 +233,35 @@ async fn failover_is_exact_across_the_commit_markers_of_many_transactions() {
         crate::failover::fail_over_and_compare(&env, state.path(), &flow, &topic, &[position]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cannot_host_transactions_pauses_the_tasks_naming_flow_and_cluster_and_never_falls_back() {
+    let env = test_env!();
+    // One broker cannot meet a transaction log replicated three times: the target refuses every transaction.
+    let node = KafkaNode::with_properties(&env, "transaction.state.log.replication.factor=3");
+    node.start();
+    let target = node.bootstrap();
+    let (topic, flow) = (unique("eos-refused"), unique("eosr"));
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    produce(&producer(&env.source), &topic, 0, &numbered(&topic, 1, 0, 100)[0]).await;
+    let config_text = config(&env, state.path(), &flow, &topic, EXACTLY_ONCE).replace(&env.target, &target);
+    let ferry = Ferry::start(state.path(), &config_text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some((_, body)) = ferry.get("/status").filter(|(_, body)| body.contains("refused to start transactions")) {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "no paused task with the reason; logs:\n{}", ferry.logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(status.contains(&flow) && status.contains("dst"), "the reason names flow and cluster: {status}");
+    let logs = ferry.logs();
+    let line = logs.lines().find(|line| line.contains("refused to start transactions")).expect("logged");
+    assert!(line.contains(&flow) && line.contains("target cluster dst"), "{line}");
+    assert!(status.contains("__transaction_state"), "the reason says what to check: {status}");
+    // Not a single record went over without a transaction.
+    let target_topic = format!("src.{topic}");
+    assert!(end_offset(&target, &target_topic, 0) <= 0, "records reached the target outside a transaction");
+    assert_eq!(ferry.metric("ferry_records_replicated_total", &[("flow", &flow)]).unwrap_or(0.0), 0.0);
+}
