@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::watch::Reload;
 use crate::config::Config;
@@ -45,6 +45,19 @@ pub(super) async fn apply_reloads(
                 if old.flows.iter().any(|f| f.name == flow.name) && key(&old) != key(&config) {
                     rebuild.insert(flow.name.clone());
                 }
+            }
+        }
+        for flow in config.flows.iter().filter(|flow| change.changed_flows.contains(&flow.name)) {
+            let Some(before) = old.flows.iter().find(|before| before.name == flow.name) else { continue };
+            if before.delivery != flow.delivery || before.exactly_once != flow.exactly_once {
+                // Each task drains (its last transaction committed, or its records acknowledged) before it starts
+                // again in the new mode from the position it reached: nothing is lost or written twice.
+                info!(
+                    flow = flow.name.as_str(),
+                    from = ?before.delivery,
+                    to = ?flow.delivery,
+                    "delivery settings change; applied as each task stops and starts again (a task boundary)"
+                );
             }
         }
         for name in &change.removed_flows {

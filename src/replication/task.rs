@@ -255,7 +255,6 @@ impl Replication<'_> {
         self.transaction.as_ref().map_or(&self.ctx.target, Enlistment::producer)
     }
 
-
     /// Adds a record to `pending` under an admission, and tells the bucket how far the task's transaction reaches.
     fn track_admitted(&mut self, admitted: Admitted, mut record: Pending) {
         record.epoch = admitted.epoch();
@@ -422,7 +421,10 @@ impl Replication<'_> {
         if let Some(provenance) = &self.ctx.provenance {
             if origin == Some(provenance.target_alias.as_bytes()) {
                 let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
-                self.track_admitted(admitted, Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::SkippedLoop });
+                self.track_admitted(
+                    admitted,
+                    Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::SkippedLoop },
+                );
                 return Ok(true);
             }
             if origin.is_none() {
@@ -462,7 +464,10 @@ impl Replication<'_> {
             let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
             match self.producer().send(record) {
                 Ok(()) => {
-                    self.track_admitted(admitted, Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::Produced });
+                    self.track_admitted(
+                        admitted,
+                        Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::Produced },
+                    );
                     return Ok(true);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -597,7 +602,10 @@ impl Replication<'_> {
                 );
                 Fate::Lost { first: next }
             };
-            self.track_admitted(admitted, Pending { offset: log_start - 1, epoch: 0, timestamp_ms: None, bytes: 0, fate });
+            self.track_admitted(
+                admitted,
+                Pending { offset: log_start - 1, epoch: 0, timestamp_ms: None, bytes: 0, fate },
+            );
             self.settle_skipped(self.committed_epoch()?);
         }
         let from = log_start.max(next);

@@ -139,7 +139,8 @@ struct Slot {
 
 impl Slot {
     fn settled(&self) -> bool {
-        self.aborted.load(Ordering::Acquire) || self.frontier.load(Ordering::Acquire) <= self.committed.load(Ordering::Acquire)
+        self.aborted.load(Ordering::Acquire)
+            || self.frontier.load(Ordering::Acquire) <= self.committed.load(Ordering::Acquire)
     }
 }
 
@@ -255,7 +256,8 @@ impl FlowTransactions {
         let mut outcome = bucket.outcome.subscribe();
         while previous(&bucket) {
             bucket.commit_now.notify_one();
-            let failed = tokio::time::timeout(CALL_TIMEOUT, outcome.changed()).await.is_ok_and(|changed| changed.is_err());
+            let failed =
+                tokio::time::timeout(CALL_TIMEOUT, outcome.changed()).await.is_ok_and(|changed| changed.is_err());
             if failed || outcome.borrow().failure.is_some() {
                 return Err(self.failed(&bucket, "closed while the task joined"));
             }
@@ -311,7 +313,8 @@ impl FlowTransactions {
                 flow: shared.flow.clone(),
                 cluster: shared.cluster_alias.clone(),
                 transactional_id,
-                hint: if matches!(&error, KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::OperationTimedOut) {
+                hint: if matches!(&error, KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::OperationTimedOut)
+                {
                     "; no transaction coordinator answered in time: the target's brokers must be able to create \
                      __transaction_state (transaction.state.log.replication.factor and .min.isr met by live brokers)"
                 } else {
@@ -679,7 +682,8 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_spread_a_topic_over_all_of_them() {
         let first = bucket_of("orders", 0, 16);
-        let spread: std::collections::BTreeSet<u32> = (0..16).map(|partition| bucket_of("orders", partition, 16)).collect();
+        let spread: std::collections::BTreeSet<u32> =
+            (0..16).map(|partition| bucket_of("orders", partition, 16)).collect();
         assert_eq!(spread.len(), 16, "16 partitions of one topic fill 16 buckets");
         assert_eq!(bucket_of("orders", 1, 16), (first + 1) % 16);
         assert!((0..1000).all(|partition| bucket_of("payments", partition, 7) < 7));

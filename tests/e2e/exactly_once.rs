@@ -249,7 +249,8 @@ async fn a_target_that_cannot_host_transactions_pauses_the_tasks_naming_flow_and
     let ferry = Ferry::start(state.path(), &config_text);
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let status = loop {
-        if let Some((_, body)) = ferry.get("/status").filter(|(_, body)| body.contains("refused to start transactions")) {
+        if let Some((_, body)) = ferry.get("/status").filter(|(_, body)| body.contains("refused to start transactions"))
+        {
             break body;
         }
         assert!(std::time::Instant::now() < deadline, "no paused task with the reason; logs:\n{}", ferry.logs());

@@ -111,3 +111,42 @@ async fn a_configmap_swap_adds_and_removes_flows_and_an_invalid_one_is_ignored()
     assert_eq!(ferry.metric("ferry_config_reloads_total", &[("result", "applied")]), Some(2.0));
     assert_eq!(ferry.get("/healthz").map(|(code, _)| code), Some(200), "no restart happened");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_delivery_modes_live_loses_nothing_and_writes_nothing_twice() {
+    let env = test_env!();
+    let topic = unique("switch");
+    let flow_name = unique("switch");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let at_least_once = config(&env, state.path(), &flow(&flow_name, &topic));
+    let exactly_once =
+        config(&env, state.path(), &format!("{}{}", flow(&flow_name, &topic), crate::exactly_once::EXACTLY_ONCE));
+    let mut volume = ConfigMapDir::new(&at_least_once);
+    let ferry = Ferry::start_with(volume.path(), free_port(), &[]);
+    let records: Vec<Record> = (0..6_000).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    let feeder = crate::exactly_once::feed_slowly(
+        producer(&env.source),
+        topic.clone(),
+        vec![records.clone()],
+        30,
+        Duration::from_millis(200),
+    );
+    wait_for("replicating at least once", Duration::from_secs(60), || (replicated(&env, &topic) > 500).then_some(()))
+        .await;
+    volume.publish(&exactly_once);
+    wait_for("transactions committed after the switch", Duration::from_secs(60), || {
+        (ferry.metric("ferry_transactions_total", &[("flow", &flow_name), ("result", "committed")])? > 0.0)
+            .then_some(())
+    })
+    .await;
+    volume.publish(&at_least_once);
+    wait_for("the switch back applied", Duration::from_secs(60), || {
+        (ferry.logs().matches("delivery settings change").count() == 2).then_some(())
+    })
+    .await;
+    feeder.await.unwrap();
+    crate::exactly_once::wait_exactly_once(&env.target, &format!("src.{topic}"), &[records], Duration::from_secs(60))
+        .await;
+    assert_eq!(ferry.metric("ferry_config_reloads_total", &[("result", "applied")]), Some(2.0));
+}

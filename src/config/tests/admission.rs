@@ -136,10 +136,8 @@ flows:
         let lines = refused(config, SecretCheck::Skip);
         assert_eq!(
             lines,
-            [
-                "clusters.us-east.client.sasl.passwrod: rejected by librdkafka: No such configuration property: \
-                 \"sasl.passwrod\"",
-            ]
+            ["clusters.us-east.client.sasl.passwrod: rejected by librdkafka: No such configuration property: \
+                 \"sasl.passwrod\"",]
         );
         Ok(())
     });

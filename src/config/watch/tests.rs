@@ -250,7 +250,8 @@ fn exactly_once_settings_are_checked_like_at_start() {
     isolated_env(async {
         let map = ConfigMap::new(BASE);
         let (watcher, _) = watcher(&map);
-        let eos = BASE.replace("    topics:", "    delivery: exactly-once\n    exactly_once: { buckets: 5000 }\n    topics:");
+        let eos =
+            BASE.replace("    topics:", "    delivery: exactly-once\n    exactly_once: { buckets: 5000 }\n    topics:");
         match watcher.check(eos.as_bytes()) {
             Err(error) => assert!(error.to_string().starts_with("flows[0].exactly_once.buckets: must be"), "{error}"),
             Ok(reload) => panic!("5000 buckets accepted: {reload:?}"),
