@@ -648,13 +648,18 @@ fn fail(bucket: &Bucket, shared: &FlowShared, error: &KafkaError) -> bool {
     false
 }
 
-/// Drops the slots of stopped tasks whose frontier is committed (or will never be).
+/// Drops the slots of stopped tasks whose frontier is committed (or will never be), and tells a task waiting to
+/// take the partition up again.
 fn forget_settled_slots(bucket: &Bucket) {
-    bucket
-        .slots
-        .lock()
-        .expect("bucket slots lock poisoned")
-        .retain(|slot| !(slot.closed.load(Ordering::Acquire) && slot.settled()));
+    let forgot = {
+        let mut slots = bucket.slots.lock().expect("bucket slots lock poisoned");
+        let before = slots.len();
+        slots.retain(|slot| !(slot.closed.load(Ordering::Acquire) && slot.settled()));
+        slots.len() < before
+    };
+    if forgot {
+        bucket.outcome.send_modify(|_| {});
+    }
 }
 
 /// Leaves nothing open: an empty transaction costs nothing (librdkafka begins one locally), but one holding records

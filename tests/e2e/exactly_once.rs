@@ -266,3 +266,47 @@ async fn a_target_that_cannot_host_transactions_pauses_the_tasks_naming_flow_and
     assert!(end_offset(&target, &target_topic, 0) <= 0, "records reached the target outside a transaction");
     assert_eq!(ferry.metric("ferry_records_replicated_total", &[("flow", &flow)]).unwrap_or(0.0), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_sync_and_mm2_checkpoints_translate_exactly_across_commit_markers() {
+    let env = test_env!();
+    let (topic, flow, group) = (unique("eos-groups"), unique("eosg"), unique("eos-reader"));
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let extra = format!(
+        "{EXACTLY_ONCE}    sync_group_offsets: {{ enabled: true, include: ['{group}'], interval: 1s }}\n    \
+         emit_mm2_checkpoints: true\n"
+    );
+    let _ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, &extra));
+    let all = numbered(&topic, 1, 0, 500);
+    feed_slowly(producer(&env.source), topic.clone(), all.clone(), 10, Duration::from_millis(300)).await.unwrap();
+    let target_topic = format!("src.{topic}");
+    wait_exactly_once(&env.target, &target_topic, &all, Duration::from_secs(60)).await;
+    assert!(end_offset(&env.target, &target_topic, 0) - 500 >= 3, "the records must span several transactions");
+
+    let position = 450;
+    commit(&env.source, &group, &topic, &[position]);
+    let synced = wait_for("the group synced to the target", Duration::from_secs(30), || {
+        committed(&env.target, &group, &target_topic, 1)[0]
+    })
+    .await;
+    let resumed: Vec<Record> = read_partition(&env.target, &target_topic, 0)
+        .into_iter()
+        .filter(|(offset, _)| *offset >= synced)
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(resumed, all[0][position as usize..], "a group resuming at {synced} re-reads or skips records");
+
+    let lib = env.kafka_lib.clone();
+    let expected = format!("{target_topic} 0 {synced}\n");
+    wait_for("MM2's translateOffsets to agree", Duration::from_secs(90), || {
+        let output = std::process::Command::new("java")
+            .args(["-Xmx256m", "-cp", &format!("{lib}/*")])
+            .arg(repo_root().join("tests/java/Mm2TranslateOffsets.java"))
+            .args([&env.target, "src", &group])
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&output.stdout) == expected).then_some(())
+    })
+    .await;
+}

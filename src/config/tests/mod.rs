@@ -222,8 +222,11 @@ fn full_example_round_trips() {
                     exclude: vec![".*\\.internal".into()],
                 },
                 naming: Naming::Prefix,
-                delivery: Delivery::AtLeastOnce,
-                exactly_once: ExactlyOnce::default(),
+                delivery: Delivery::ExactlyOnce,
+                exactly_once: ExactlyOnce {
+                    transactional_id_prefix: Some("ferry-west-to-east".into()),
+                    ..ExactlyOnce::default()
+                },
                 sync_group_offsets: GroupOffsetSync::default(),
                 emit_mm2_checkpoints: false,
             },
