@@ -5,7 +5,8 @@
 //! - [`config`]: the YAML contract (clusters, flows, throttles), loaded with figment, validated with key paths,
 //!   admitted by one rule for `run`, `check-config` and hot reload, and watched for changes.
 //! - [`replication`]: the data path: source consumer, the per-partition task, throttle, target producer,
-//!   acknowledged positions and sync points, lag, and the supervisor that owns every task.
+//!   acknowledged positions and sync points, lag, the supervisor that owns every task, and exactly-once's
+//!   transactional buckets.
 //! - [`topics`]: which topics a flow replicates and how they look on the target: naming, discovery, topic sync,
 //!   admin requests.
 //! - [`offsets`]: the offset translation rule (both ways), failover and failback of a consumer group, continuous

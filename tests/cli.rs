@@ -131,9 +131,13 @@ fn a_missing_file_is_a_config_error() {
 }
 
 #[test]
-fn contract_settings_this_version_does_not_implement_are_refused() {
+fn exactly_once_is_accepted_and_its_bounds_are_checked() {
     let config = VALID.replace("    target: eu-west\n", "    target: eu-west\n    delivery: exactly-once\n");
-    assert_rejected(&config, &["flows[0].delivery", "exactly-once"]);
+    let (output, stderr) = ferry(&["check-config"], &config);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let config =
+        config.replace("delivery: exactly-once\n", "delivery: exactly-once\n    exactly_once: { buckets: 0 }\n");
+    assert_rejected(&config, &["flows[0].exactly_once.buckets: must be between 1 and 1024"]);
 }
 
 #[test]
@@ -213,10 +217,10 @@ fn no_secrets_skips_only_reading_secrets_and_says_so() {
     assert_eq!(stderr.lines().count(), 1, "one line says so:\n{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).contains(": ok (2 clusters, 1 flows, 0 throttles)"));
 
-    let config = config.replace("    target: eu-west\n", "    target: eu-west\n    delivery: exactly-once\n");
+    let config = config.replace("    target: eu-west\n", "    target: eu-west\n    exactly_once: { buckets: 0 }\n");
     let (output, stderr) = ferry_env(&["check-config", "--no-secrets"], &config, &env);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("flows[0].delivery"), "{stderr}");
+    assert!(stderr.contains("flows[0].exactly_once.buckets"), "{stderr}");
     assert!(!stderr.contains("sasl.password"), "the secret was not read: {stderr}");
 }
 
