@@ -800,8 +800,8 @@ mod tests {
     /// Several bursts' worth, so records at burst boundaries are covered.
     const RECORDS: i64 = 4 * BURST as i64 + 100;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_task_loop_replicates_in_order_and_stops_with_everything_acknowledged() {
+    /// A mock cluster whose partition `orders[0]` holds [`RECORDS`] records, and an empty `remote.orders`.
+    async fn mock_with_records() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String) {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("orders", 1, 1).unwrap();
         mock.create_topic("remote.orders", 1, 1).unwrap();
@@ -816,22 +816,40 @@ mod tests {
             }
         });
         futures::future::join_all(sends).await;
+        (mock, bootstrap)
+    }
 
-        let metrics = Metrics::new(false);
-        let id = TaskId::new("flow", "orders", 0);
-        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
-        let ctx = TaskContext {
-            spec: TaskSpec { id: id.clone(), target_topic: "remote.orders".to_owned(), resume: None },
-            source: Arc::new(SourceConsumer::new("flow", "mock", &cluster(&bootstrap), &metrics).unwrap()),
-            target: TargetProducer::new("mock", &cluster(&bootstrap), &metrics).unwrap(),
+    /// The context of the task of `orders[0]` on the mock cluster at `bootstrap`.
+    fn mock_context(
+        bootstrap: &str,
+        metrics: &Metrics,
+        progress: &Arc<TaskProgress>,
+        transactions: Option<Arc<FlowTransactions>>,
+    ) -> TaskContext {
+        TaskContext {
+            spec: TaskSpec {
+                id: TaskId::new("flow", "orders", 0),
+                target_topic: "remote.orders".to_owned(),
+                resume: None,
+            },
+            source: Arc::new(SourceConsumer::new("flow", "mock", &cluster(bootstrap), metrics).unwrap()),
+            target: TargetProducer::new("mock", &cluster(bootstrap), metrics).unwrap(),
             throttle: None,
             metrics: metrics.task("flow", "orders", 0),
             progress: progress.clone(),
             provenance: None,
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
             cautious_start: false,
-            transactions: None,
-        };
+            transactions,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_loop_replicates_in_order_and_stops_with_everything_acknowledged() {
+        let (_mock, bootstrap) = mock_with_records().await;
+        let metrics = Metrics::new(false);
+        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
+        let ctx = mock_context(&bootstrap, &metrics, &progress, None);
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(ctx, stop.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -847,5 +865,38 @@ mod tests {
         assert_eq!(position.next_target_offset, Some(RECORDS));
         assert_eq!(position.sync_points, vec![SyncPoint::new(0, 0)]);
         assert_eq!(metrics.task("flow", "orders", 0).records.get(), RECORDS as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_exactly_once_the_position_moves_only_over_committed_transactions() {
+        let (_mock, bootstrap) = mock_with_records().await;
+        let metrics = Metrics::new(false);
+        let flow: crate::config::FlowConfig = serde_json::from_value(serde_json::json!({
+            "name": "flow", "source": "mock", "target": "mock", "topics": { "include": ["orders"] },
+            "delivery": "exactly-once", "exactly_once": { "buckets": 2, "commit_interval": "100ms" }
+        }))
+        .unwrap();
+        let transactions = Arc::new(FlowTransactions::new(&flow, &cluster(&bootstrap), &metrics).unwrap());
+        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
+        let ctx = mock_context(&bootstrap, &metrics, &progress, Some(transactions));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(ctx, stop.clone()));
+        let committed = metrics.transactions_of("flow").committed;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut published = Vec::new();
+        while progress.position().next_source_offset < RECORDS {
+            assert!(tokio::time::Instant::now() < deadline, "stalled at {:?}", progress.position());
+            published.push((committed.get(), progress.position().next_source_offset));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert!(committed.get() >= 1, "records reached the position through a commit");
+        assert!(
+            published.iter().all(|(commits, offset)| *commits > 0 || *offset == 0),
+            "the position moved before any transaction committed: {published:?}"
+        );
+
+        assert_eq!(progress.position().next_source_offset, RECORDS);
     }
 }

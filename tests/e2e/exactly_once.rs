@@ -84,6 +84,9 @@ async fn kill9_mid_stream_then_restart_delivers_every_record_exactly_once() {
     for (partition, expected) in all.iter().enumerate() {
         assert_exactly_once(&env.target, &target_topic, partition as i32, expected);
     }
+    // The position of record: the flow's group on the target holds each partition's next source offset.
+    let positions = committed(&env.target, &format!("ferry-{flow}"), &target_topic, PARTITIONS);
+    assert_eq!(positions, vec![Some(PER_PARTITION as i64); PARTITIONS as usize]);
     assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]).unwrap_or(0.0), 0.0);
     let logs = ferry.logs();
     assert!(logs.contains("transactional producer ready"), "{logs}");
@@ -309,4 +312,31 @@ async fn group_sync_and_mm2_checkpoints_translate_exactly_across_commit_markers(
         (String::from_utf8_lossy(&output.stdout) == expected).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_position_committed_in_the_transaction_wins_over_a_checkpoint_that_lags_behind_it() {
+    let env = test_env!();
+    let (topic, flow) = (unique("eos-lagging"), unique("eosl"));
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let all = numbered(&topic, 1, 0, 2_000);
+    produce(&producer(&env.source), &topic, 0, &all[0][..1_000]).await;
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, EXACTLY_ONCE));
+    wait_for("the first half checkpointed", Duration::from_secs(60), || {
+        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&1_000)).then_some(())
+    })
+    .await;
+    let (status, _, _) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    // A crash right after a commit leaves the store behind the target: simulate it by winding the store back.
+    let file = state.path().join(format!("{flow}.json"));
+    let stored = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, stored.replace("\"next_source_offset\":1000", "\"next_source_offset\":400")).unwrap();
+    assert_eq!(stored_positions(state.path(), &flow).get(&(topic.clone(), 0)), Some(&400), "{stored}");
+
+    produce(&producer(&env.source), &topic, 0, &all[0][1_000..]).await;
+    let ferry = Ferry::start_with(state.path().join("ferry.yaml"), free_port(), &[]);
+    wait_exactly_once(&env.target, &format!("src.{topic}"), &all, Duration::from_secs(60)).await;
+    assert!(ferry.logs().contains("the target's committed transactions reach past the checkpoint"), "{}", ferry.logs());
 }
