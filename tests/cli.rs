@@ -141,6 +141,19 @@ fn exactly_once_is_accepted_and_its_bounds_are_checked() {
 }
 
 #[test]
+fn a_client_property_that_weakens_a_guarantee_is_refused_unless_the_flow_accepts_it() {
+    let config = with_client("auto.offset.reset: latest");
+    assert_rejected(&config, &["clusters.us-east.client.auto.offset.reset", "weakens flows[0] (east-to-west)"]);
+    let accepted = config.replace(
+        "    target: eu-west\n",
+        "    target: eu-west\n    allow_unsafe_client_properties: [auto.offset.reset]\n",
+    );
+    let (output, stderr) = ferry(&["check-config"], &accepted);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning: flows[0].allow_unsafe_client_properties: clusters.us-east.client.auto.offset.reset is accepted: records the source deletes"), "{stderr}");
+}
+
+#[test]
 fn an_unset_env_secret_is_refused() {
     let config = with_client("sasl.password: { env: CLI_TEST_UNSET_SASL_PASSWORD }");
     assert_rejected_env(

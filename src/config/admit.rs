@@ -2,8 +2,9 @@
 //! hot reload, so that a config `check-config` accepts is one `run` starts and a reload applies.
 //!
 //! Beyond what [`Config::from_figment`] checks, admission refuses what `run` would otherwise refuse only later, while
-//! building its clients: settings of the contract this version does not implement, `env`/`file` secrets that cannot
-//! be read, etcd TLS files that cannot be read, and client properties librdkafka does not accept. It connects to
+//! building its clients: `env`/`file` secrets that cannot be read, etcd TLS files that cannot be read, client
+//! properties librdkafka does not accept, and client properties that would weaken a flow's guarantees without the
+//! flow's consent. It connects to
 //! nothing: librdkafka only parses the properties (`rd_kafka_conf_set`), it does not create a client.
 //!
 //! Invariant: every problem is reported at once, at its key path, and no problem shows a secret. The value of a
@@ -61,6 +62,7 @@ pub fn admit(config: Config, secrets: SecretCheck) -> Result<Admitted, ConfigErr
     if let (StoreKind::Etcd, Some(etcd)) = (config.checkpoint.store, &config.checkpoint.etcd) {
         etcd_problems(etcd, secrets, &mut problems);
     }
+    problems.extend(super::guarantees::problems(&config, secrets == SecretCheck::Resolve));
     if problems.is_empty() {
         let warnings = config.warnings();
         Ok(Admitted { config, warnings })

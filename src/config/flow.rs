@@ -36,6 +36,9 @@ pub struct FlowConfig {
     /// Also write MM2-compatible checkpoint records for MM2 tooling; default `false`.
     #[serde(default)]
     pub emit_mm2_checkpoints: bool,
+    /// Cluster `client` properties this flow accepts although they weaken a guarantee (`acks`, ...); default none.
+    #[serde(default)]
+    pub allow_unsafe_client_properties: Vec<String>,
 }
 
 impl FlowConfig {

@@ -10,7 +10,7 @@
 //! Layout: `units` (durations, sizes, rates), `yaml` (the figment YAML format), `secret` (client values and
 //! redaction), `cluster`, `checkpoint`, `flow` and `filter` (the sections), `load` (layering and extraction),
 //! `validate` (cross-field rules), `error` (errors and key paths), `admit` (what `run` refuses beyond that: secrets,
-//! TLS files, librdkafka properties, unimplemented settings).
+//! TLS files, librdkafka properties), `guarantees` (client properties that would weaken a flow's guarantees).
 
 mod admit;
 mod checkpoint;
@@ -18,6 +18,7 @@ mod cluster;
 mod error;
 mod filter;
 mod flow;
+mod guarantees;
 mod load;
 mod secret;
 mod units;

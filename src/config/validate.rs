@@ -36,7 +36,7 @@ pub(crate) fn problems(config: &Config) -> Vec<ConfigProblem> {
 
 /// Legal settings an operator probably did not mean; for logging at startup.
 pub(crate) fn warnings(config: &Config) -> Vec<ConfigProblem> {
-    let mut out = Vec::new();
+    let mut out = super::guarantees::accepted(config);
     for (i, flow) in config.flows.iter().enumerate() {
         if flow.source == flow.target {
             out.push(ConfigProblem::new(
@@ -220,6 +220,15 @@ fn flows(config: &Config, out: &mut Vec<ConfigProblem>) {
             out.extend(problems);
         }
         exactly_once(&flow.exactly_once, &format!("{path}.exactly_once"), out);
+        for (index, key) in flow.allow_unsafe_client_properties.iter().enumerate() {
+            if !super::guarantees::allowable_keys().any(|allowable| allowable == key) {
+                let allowable: Vec<&str> = super::guarantees::allowable_keys().collect();
+                out.push(ConfigProblem::new(
+                    format!("{path}.allow_unsafe_client_properties[{index}]"),
+                    format!("{key:?} is not a property ferry guards (one of: {})", allowable.join(", ")),
+                ));
+            }
+        }
         let sync = &flow.sync_group_offsets;
         let sync_path = format!("{path}.sync_group_offsets");
         if let Err(problems) = TopicFilter::new(&sync_path, &sync.include, &sync.exclude) {

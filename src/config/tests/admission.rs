@@ -163,3 +163,84 @@ flows:
     assert_problem(&warnings, "checkpoint.etcd: ignored because checkpoint.store is file");
     assert_eq!(warnings.len(), 2, "{warnings:?}");
 }
+
+/// Two clusters and two flows, east to west and back, with `client` properties for us-east and flow settings
+/// appended to the first flow.
+fn guarded(us_east_client: &str, first_flow_extra: &str) -> Config {
+    parse(&format!(
+        r#"
+clusters:
+  us-east: {{ bootstrap_servers: "a:1", client: {{ {us_east_client} }} }}
+  eu-west: {{ bootstrap_servers: "b:1" }}
+flows:
+  - {{ name: e2w, source: us-east, target: eu-west, topics: {{ include: [a] }} {first_flow_extra} }}
+  - {{ name: w2e, source: eu-west, target: us-east, topics: {{ include: [a] }} }}
+"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn client_properties_that_weaken_a_guarantee_are_refused_for_the_flows_they_affect() {
+    // A consumer setting of us-east weakens the flow reading it (e2w), not the one writing to it.
+    let lines = refused(guarded("auto.offset.reset: earliest", ""), SecretCheck::Resolve);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("clusters.us-east.client.auto.offset.reset: auto.offset.reset=earliest weakens flows[0] (e2w): records the source deletes"), "{}", lines[0]);
+    assert!(lines[0].contains("allow_unsafe_client_properties"), "{}", lines[0]);
+    // A producer setting weakens the flow writing to it (w2e).
+    let lines = refused(guarded("acks: 1, isolation.level: read_committed", ""), SecretCheck::Resolve);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("clusters.us-east.client.acks: acks=1 weakens flows[1] (w2e): a record the target acknowledged could be lost"), "{}", lines[0]);
+    // The values ferry sets itself are fine, however written.
+    admit(
+        guarded("acks: -1, enable.idempotence: 'TRUE', isolation.level: read_committed, auto.offset.reset: error", ""),
+        SecretCheck::Resolve,
+    )
+    .expect("the safe values are admitted");
+    // transactional.id is never the user's.
+    let lines =
+        refused(guarded("transactional.id: mine", ", allow_unsafe_client_properties: [acks]"), SecretCheck::Resolve);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("clusters.us-east.client.transactional.id: ferry sets transactional ids itself"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn a_flow_that_opts_in_runs_and_check_config_says_what_it_gives_up() {
+    let config = guarded("isolation.level: read_uncommitted", ", allow_unsafe_client_properties: [isolation.level]");
+    let admitted = admit(config, SecretCheck::Resolve).expect("the flow accepts it");
+    let warnings: Vec<String> = admitted.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["flows[0].allow_unsafe_client_properties: clusters.us-east.client.isolation.level is accepted: records of \
+          aborted source transactions would be replicated as if committed"]
+    );
+    // Only guarded keys can be listed.
+    let lines = problems(
+        "clusters: { a: { bootstrap_servers: 'a:1' }, b: { bootstrap_servers: 'b:1' } }\nflows: [ { name: f, source: a, \
+         target: b, topics: { include: [x] }, allow_unsafe_client_properties: [linger.ms] } ]",
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0]
+            .starts_with("flows[0].allow_unsafe_client_properties[0]: \"linger.ms\" is not a property ferry guards"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn a_weakening_value_from_a_secret_is_judged_but_not_shown() {
+    Jail::expect_with(|jail| {
+        jail.set_env("TEST_FERRY_ACKS", "0");
+        let lines = refused(guarded("acks: { env: TEST_FERRY_ACKS }", ""), SecretCheck::Resolve);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("clusters.us-east.client.acks: acks weakens flows[1]"), "{}", lines[0]);
+        // Without reading secrets the value is unknown: nothing is claimed.
+        admit(guarded("acks: { env: TEST_FERRY_ACKS }", ""), SecretCheck::Skip).expect("not judged unread");
+        Ok(())
+    });
+}

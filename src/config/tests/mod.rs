@@ -212,6 +212,7 @@ fn full_example_round_trips() {
                     interval: Duration::from_secs(10),
                 },
                 emit_mm2_checkpoints: false,
+                allow_unsafe_client_properties: Vec::new(),
             },
             FlowConfig {
                 name: "west-to-east".into(),
@@ -229,6 +230,7 @@ fn full_example_round_trips() {
                 },
                 sync_group_offsets: GroupOffsetSync::default(),
                 emit_mm2_checkpoints: false,
+                allow_unsafe_client_properties: Vec::new(),
             },
         ],
         throttles: vec![
