@@ -272,7 +272,8 @@ impl Supervisor {
                 task = %id,
                 error = reason,
                 retry_in = ?backoff,
-                "task paused: the target refuses this record; nothing after it is checkpointed until it is accepted"
+            "task paused: restarting alone cannot help (the error says why); it is retried with backoff and nothing \
+                 after its position is checkpointed meanwhile"
             );
         }
         self.retries.insert(id, Instant::now() + backoff);

@@ -135,6 +135,26 @@ pub enum TaskError {
         /// The task's next source offset.
         position: i64,
     },
+    /// The target partition ends before what the task's position says it holds: its topic was deleted and
+    /// recreated, or it lost acknowledged records. Writing on would leave a gap or put records out of order.
+    #[error(
+        "target partition {target_topic}[{partition}] on cluster {cluster} ends at offset {end}, before offset \
+         {expected} that this task's position says it reached: the target topic was deleted and recreated, or lost \
+         acknowledged records (unclean leader election); the task waits rather than write after a gap (delete its \
+         checkpoint to replicate the partition again from the source's log start)"
+    )]
+    TargetBehindPosition {
+        /// Target cluster alias.
+        cluster: String,
+        /// Target topic.
+        target_topic: String,
+        /// Partition.
+        partition: i32,
+        /// The target partition's end offset.
+        end: i64,
+        /// The next target offset the position recorded.
+        expected: i64,
+    },
     /// Exactly-once delivery cannot go on for now (the target refuses transactions, a transaction aborted, the
     /// producer was fenced); the task starts over from the committed position.
     #[error(transparent)]
@@ -153,7 +173,7 @@ impl TaskError {
         match self {
             TaskError::Rejected { error, .. } => crate::kafka::is_retriable(error),
             TaskError::Attach(_) | TaskError::Unordered { .. } | TaskError::Transaction(_) => true,
-            TaskError::SourceBehindPosition { .. } => false,
+            TaskError::SourceBehindPosition { .. } | TaskError::TargetBehindPosition { .. } => false,
         }
     }
 }
@@ -661,25 +681,41 @@ impl Replication<'_> {
     }
 }
 
-/// Counts the records the target got after the checkpoint was written: they are about to be written again.
-async fn count_duplicates(ctx: &TaskContext, position: &Position) {
-    let Some(next_target) = position.next_target_offset else { return };
+/// Refuses to go on when the target partition ends before the position's next target offset (see
+/// [`TaskError::TargetBehindPosition`]).
+fn check_target_end(ctx: &TaskContext, position: &Position, end: i64) -> Result<(), TaskError> {
+    match position.next_target_offset {
+        Some(expected) if end < expected => Err(TaskError::TargetBehindPosition {
+            cluster: ctx.target.alias().to_owned(),
+            target_topic: ctx.spec.target_topic.clone(),
+            partition: ctx.spec.id.partition,
+            end,
+            expected,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the target partition against the position, then counts the records the target got after the checkpoint
+/// was written: they are about to be written again.
+async fn check_target_and_count_duplicates(ctx: &TaskContext, position: &Position) -> Result<(), TaskError> {
+    let Some(next_target) = position.next_target_offset else { return Ok(()) };
     match ctx.target.end_offset(&ctx.spec.target_topic, ctx.spec.id.partition).await {
         Ok(end) if end > next_target => {
             let duplicates = ctx.progress.uncounted_duplicates(next_target, end);
-            if duplicates == 0 {
-                return;
+            if duplicates > 0 {
+                ctx.metrics.duplicates.inc_by(duplicates as u64);
+                info!(
+                    task = %ctx.spec.id,
+                    duplicates,
+                    "target holds records acknowledged after the last checkpoint; they will be written again"
+                );
             }
-            ctx.metrics.duplicates.inc_by(duplicates as u64);
-            info!(
-                task = %ctx.spec.id,
-                duplicates,
-                "target holds records acknowledged after the last checkpoint; they will be written again"
-            );
         }
-        Ok(_) => {}
+        Ok(end) => check_target_end(ctx, position, end)?,
         Err(error) => warn!(task = %ctx.spec.id, %error, "cannot read the target end offset to count duplicates"),
     }
+    Ok(())
 }
 
 /// Waits until the task may add to its transaction (at once without exactly-once). `None` when `stop` fired first.
@@ -715,6 +751,7 @@ async fn enlist(
         _ = stop.cancelled() => return Ok(None),
         enlistment = transactions.enlist(&ctx.spec) => enlistment?,
     };
+    check_target_end(ctx, position, enlistment.target_end)?;
     if let Some(committed) = enlistment.committed_offset.filter(|offset| *offset > position.next_source_offset) {
         info!(
             task = %ctx.spec.id,
@@ -738,7 +775,7 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
             None => return Ok(()),
         },
         None => {
-            count_duplicates(&ctx, &position).await;
+            check_target_and_count_duplicates(&ctx, &position).await?;
             None
         }
     };

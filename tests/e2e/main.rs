@@ -22,4 +22,5 @@ mod runtime_topics;
 mod shutdown;
 mod source_retention;
 mod target_outage;
+mod target_recreated;
 mod unreachable;
