@@ -148,6 +148,7 @@ fn varied_tasks() -> BTreeMap<TaskKey, Checkpoint> {
             SyncPoint::new(800, 600),
         ],
         lost: vec![ferry::replication::progress::LostRange { first: 850, last: 870 }],
+        target: Some("eu-west/us-east.orders".to_owned()),
     };
     BTreeMap::from([
         (task("orders", 0), plain(10)),

@@ -75,6 +75,10 @@ pub struct Position {
     /// [`MAX_LOST_RANGES`]), so a translation into one can say so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost: Vec<LostRange>,
+    /// Where the records went, `<target cluster alias>/<target topic>`: a position belongs to one target. `None` in
+    /// checkpoints written before it was recorded (adopted by the next run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// Source offsets `first..=last` that the source deleted before the task read them.
@@ -89,7 +93,7 @@ pub struct LostRange {
 impl Position {
     /// A position that starts replicating at `next_source_offset`, with no history.
     pub fn starting_at(next_source_offset: i64) -> Self {
-        Self { next_source_offset, next_target_offset: None, sync_points: Vec::new(), lost: Vec::new() }
+        Self { next_source_offset, next_target_offset: None, sync_points: Vec::new(), lost: Vec::new(), target: None }
     }
 
     /// Source record `source` was acknowledged by the target at offset `target`.

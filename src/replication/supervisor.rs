@@ -78,7 +78,8 @@ pub struct Supervisor {
     registry: Arc<Registry>,
     metrics: Metrics,
     drain_timeout: Duration,
-    running: HashMap<TaskId, CancellationToken>,
+    /// Running tasks: how to stop each, and the target topic it writes to.
+    running: HashMap<TaskId, (CancellationToken, String)>,
     joins: JoinSet<Result<(), TaskError>>,
     /// Which task each join handle runs, so a panic can still be attributed.
     join_ids: HashMap<tokio::task::Id, TaskId>,
@@ -168,7 +169,7 @@ impl Supervisor {
             }
         };
         // Running tasks of the flow stop; those still wanted start again with the new runtime once joined.
-        for (id, stop) in &self.running {
+        for (id, (stop, _)) in &self.running {
             if *id.flow == *name {
                 stop.cancel();
             }
@@ -176,8 +177,9 @@ impl Supervisor {
     }
 
     fn reconcile(&mut self, wanted: &BTreeMap<TaskId, TaskSpec>) {
-        for (id, stop) in &self.running {
-            if !wanted.contains_key(id) {
+        for (id, (stop, target_topic)) in &self.running {
+            // A task whose target topic changed (the flow's naming) restarts to write to the new one.
+            if wanted.get(id).is_none_or(|spec| spec.target_topic != *target_topic) {
                 stop.cancel();
             }
         }
@@ -233,7 +235,7 @@ impl Supervisor {
             transactions: flow.transactions.clone(),
         };
         let stop = CancellationToken::new();
-        self.running.insert(spec.id.clone(), stop.clone());
+        self.running.insert(spec.id.clone(), (stop.clone(), spec.target_topic.clone()));
         let id = &spec.id;
         let span = info_span!("task", flow = %id.flow, topic = %id.topic, partition = id.partition);
         let handle = self.joins.spawn(task::run(ctx, stop).instrument(span));
@@ -300,7 +302,7 @@ impl Supervisor {
 
     async fn stop_all(mut self) {
         info!(tasks = self.running.len(), "stopping tasks");
-        for stop in self.running.values() {
+        for (stop, _) in self.running.values() {
             stop.cancel();
         }
         // Each task bounds its own drain; the margin covers the join itself.

@@ -766,9 +766,33 @@ async fn enlist(
     Ok(Some(enlistment))
 }
 
+/// Binds the position to the target the task writes to. A position that belongs to another target (the flow's
+/// `target` or `naming` changed) says nothing about the new one: the new target is filled from the source's
+/// beginning (from its log start when older records are gone, which the new target never had).
+fn bind_to_target(ctx: &TaskContext, position: &mut Position) {
+    let target = format!("{}/{}", ctx.target.alias(), ctx.spec.target_topic);
+    match &position.target {
+        Some(bound) if *bound == target => return,
+        Some(bound) => {
+            info!(
+                task = %ctx.spec.id,
+                before = bound.as_str(),
+                now = target.as_str(),
+                "the flow writes to another target now; its position belongs to the old one: replicating the \
+                 partition to the new target from the source's beginning"
+            );
+            *position = Position::starting_at(0);
+        }
+        None => {}
+    }
+    position.target = Some(target);
+    ctx.progress.publish(position, None, None);
+}
+
 /// Runs the task until `stop` fires (returns `Ok`) or a record cannot be replicated (returns the error).
 pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskError> {
     let mut position = ctx.progress.position();
+    bind_to_target(&ctx, &mut position);
     let transaction = match &ctx.transactions {
         Some(transactions) => match enlist(&ctx, transactions, &mut position, &stop).await? {
             Some(enlistment) => Some(enlistment),

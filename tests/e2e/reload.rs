@@ -150,3 +150,38 @@ async fn switching_delivery_modes_live_loses_nothing_and_writes_nothing_twice() 
         .await;
     assert_eq!(ferry.metric("ferry_config_reloads_total", &[("result", "applied")]), Some(2.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naming_change_fills_the_new_target_topic_from_the_source_beginning() {
+    let env = test_env!();
+    let topic = unique("renamed");
+    let flow_name = unique("renamed");
+    let state = tempfile::tempdir().unwrap();
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let prefixed = config(&env, state.path(), &flow(&flow_name, &topic));
+    let identity = config(&env, state.path(), &format!("{}    naming: identity\n", flow(&flow_name, &topic)));
+    let mut volume = ConfigMapDir::new(&prefixed);
+    let ferry = Ferry::start_with(volume.path(), free_port(), &[]);
+    feed(&env, &topic, 0, 300).await;
+    wait_for("replicated under the prefix", Duration::from_secs(60), || {
+        (replicated(&env, &topic) == 300).then_some(())
+    })
+    .await;
+
+    volume.publish(&identity);
+    feed(&env, &topic, 300, 100).await;
+    wait_for("the identity-named topic filled", Duration::from_secs(60), || {
+        (end_offset(&env.target, &topic, 0) >= 400).then_some(())
+    })
+    .await;
+    // The new target topic gets every record, from the source's first: its position did not carry over.
+    let copied: Vec<String> = read_partition(&env.target, &topic, 0).into_iter().map(|(_, r)| r.id()).collect();
+    let source: Vec<String> = read_partition(&env.source, &topic, 0).into_iter().map(|(_, r)| r.id()).collect();
+    assert_eq!(copied.len(), 400, "{}", ferry.logs());
+    assert_eq!(copied, source);
+    // The old target topic may have taken records while the change went through; never out of order or twice.
+    let old: Vec<String> =
+        read_partition(&env.target, &format!("src.{topic}"), 0).into_iter().map(|(_, r)| r.id()).collect();
+    assert_eq!(old, source[..old.len()], "the old target topic holds a prefix of the source");
+    assert!(ferry.logs().contains("writes to another target now"), "{}", ferry.logs());
+}
