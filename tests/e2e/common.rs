@@ -534,3 +534,61 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     drop(list);
     offsets
 }
+
+/// The flow settings of an exactly-once flow (appended under the flow's `topics` line).
+pub const EXACTLY_ONCE: &str = "    delivery: exactly-once\n    exactly_once: { buckets: 4, commit_interval: 200ms }\n";
+
+/// Asserts that the target partition holds, for read_committed readers, exactly `expected` in order.
+pub fn assert_exactly_once(bootstrap: &str, topic: &str, partition: i32, expected: &[Record]) {
+    let replicated: Vec<Record> = read_partition(bootstrap, topic, partition).into_iter().map(|(_, r)| r).collect();
+    let ids = |records: &[Record]| records.iter().map(Record::id).collect::<Vec<_>>();
+    if replicated != expected {
+        let (got, want) = (ids(&replicated), ids(expected));
+        let first_difference = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{topic}[{partition}]: {} records read committed, {} expected; first difference at index {first_difference}: \
+             {:?} instead of {:?}",
+            got.len(),
+            want.len(),
+            got.get(first_difference),
+            want.get(first_difference)
+        );
+    }
+}
+
+/// Produces `records` in `chunks` pieces with a pause between them, so ferry is mid-stream when a test strikes.
+pub fn feed_slowly(
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    records: Vec<Vec<Record>>,
+    chunks: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for chunk in 0..chunks {
+            for (partition, records) in records.iter().enumerate() {
+                let size = records.len().div_ceil(chunks);
+                let end = ((chunk + 1) * size).min(records.len());
+                let start = (chunk * size).min(end);
+                produce(&producer, &topic, partition as i32, &records[start..end]).await;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// Reads the target until it holds, for read_committed readers, exactly `expected` on every partition; fails at once
+/// when a partition holds more (a duplicate can never go away).
+pub async fn wait_exactly_once(bootstrap: &str, topic: &str, expected: &[Vec<Record>], timeout: Duration) {
+    let done = || {
+        expected.iter().enumerate().all(|(partition, expected)| {
+            let count = read_partition(bootstrap, topic, partition as i32).len();
+            assert!(count <= expected.len(), "{topic}[{partition}]: {count} records read, {} expected", expected.len());
+            count == expected.len()
+        })
+    };
+    wait_for("every source record committed on the target", timeout, || done().then_some(())).await;
+    for (partition, expected) in expected.iter().enumerate() {
+        assert_exactly_once(bootstrap, topic, partition as i32, expected);
+    }
+}

@@ -61,7 +61,7 @@ async fn failover_is_exact_on_a_compacted_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_exact_on_a_compacted_topic_replicated_exactly_once() {
     let env = test_env!();
-    failover_on_a_compacted_topic(&env, crate::exactly_once::EXACTLY_ONCE).await;
+    failover_on_a_compacted_topic(&env, crate::common::EXACTLY_ONCE).await;
 }
 
 /// Replicates a compacted partition with the flow settings `extra`, checks the target holds exactly its records,
@@ -120,7 +120,7 @@ async fn failover_on_a_compacted_topic(env: &TestEnv, extra: &str) {
     })
     .await;
     let records: Vec<Record> = source.iter().map(|(_, record)| record.clone()).collect();
-    crate::exactly_once::assert_exactly_once(&env.target, &format!("src.{topic}"), 0, &records);
+    crate::common::assert_exactly_once(&env.target, &format!("src.{topic}"), 0, &records);
     // Positions inside compacted-away gaps, at kept records, and at the very end.
     let gap = (1..source.len()).find(|i| source[*i].0 > source[*i - 1].0 + 1).expect("compaction left a gap");
     let inside_gap = source[gap - 1].0 + 1;
@@ -138,7 +138,7 @@ async fn failover_is_exact_on_a_transactional_topic_with_aborted_transactions() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_is_exact_on_a_transactional_topic_replicated_exactly_once() {
     let env = test_env!();
-    failover_on_a_transactional_topic(&env, crate::exactly_once::EXACTLY_ONCE).await;
+    failover_on_a_transactional_topic(&env, crate::common::EXACTLY_ONCE).await;
 }
 
 /// Replicates a partition written in transactions, some aborted, with the flow settings `extra`, checks the target
@@ -186,7 +186,7 @@ async fn failover_on_a_transactional_topic(env: &TestEnv, extra: &str) {
     })
     .await;
     let records: Vec<Record> = source.iter().map(|(_, record)| record.clone()).collect();
-    crate::exactly_once::assert_exactly_once(&env.target, &format!("src.{topic}"), 0, &records);
+    crate::common::assert_exactly_once(&env.target, &format!("src.{topic}"), 0, &records);
     // Only a commit marker lies between the position and the partition end: that is no lag.
     wait_for("no lag on the caught-up transactional partition", Duration::from_secs(30), || {
         (ferry.metric("ferry_replication_lag_records", &[("flow", &flow)])? == 0.0).then_some(())

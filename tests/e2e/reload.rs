@@ -121,11 +121,11 @@ async fn switching_delivery_modes_live_loses_nothing_and_writes_nothing_twice() 
     create_topic(&env.source, &topic, 1, &[]).await;
     let at_least_once = config(&env, state.path(), &flow(&flow_name, &topic));
     let exactly_once =
-        config(&env, state.path(), &format!("{}{}", flow(&flow_name, &topic), crate::exactly_once::EXACTLY_ONCE));
+        config(&env, state.path(), &format!("{}{}", flow(&flow_name, &topic), crate::common::EXACTLY_ONCE));
     let mut volume = ConfigMapDir::new(&at_least_once);
     let ferry = Ferry::start_with(volume.path(), free_port(), &[]);
     let records: Vec<Record> = (0..6_000).map(|seq| Record::numbered(&topic, 0, seq)).collect();
-    let feeder = crate::exactly_once::feed_slowly(
+    let feeder = crate::common::feed_slowly(
         producer(&env.source),
         topic.clone(),
         vec![records.clone()],
@@ -146,8 +146,7 @@ async fn switching_delivery_modes_live_loses_nothing_and_writes_nothing_twice() 
     })
     .await;
     feeder.await.unwrap();
-    crate::exactly_once::wait_exactly_once(&env.target, &format!("src.{topic}"), &[records], Duration::from_secs(60))
-        .await;
+    crate::common::wait_exactly_once(&env.target, &format!("src.{topic}"), &[records], Duration::from_secs(60)).await;
     assert_eq!(ferry.metric("ferry_config_reloads_total", &[("result", "applied")]), Some(2.0));
 }
 

@@ -1,0 +1,133 @@
+//! Broker faults on three-broker clusters (`scripts/dev-env up --brokers 3`): a partition leader killed with SIGKILL
+//! mid-stream and started again 20 s later, on the target and on the source, under at-least-once and exactly-once.
+//!
+//! Its own test binary, left out of a plain `cargo test` (`test = false` in Cargo.toml): it needs the three-broker
+//! env, which `scripts/test` starts and then runs `cargo test --test faults`. The faults share that env, so they
+//! take turns.
+
+#[macro_use]
+#[path = "../support/dev_env.rs"]
+mod dev_env;
+// The end-to-end harness; this binary uses only part of it.
+#[allow(dead_code)]
+#[macro_use]
+#[path = "../e2e/common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use crate::common::*;
+
+/// One fault at a time: a second leader killed at once would leave partitions below `min.insync.replicas`.
+static ONE_FAULT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PARTITIONS: i32 = 3;
+const PER_PARTITION: u64 = 6_000;
+
+/// Runs `scripts/dev-env ARGS` on the three-broker env.
+fn dev_env(args: &[&str]) {
+    let status = Command::new(repo_root().join("scripts/dev-env")).args(args).status().unwrap();
+    assert!(status.success(), "scripts/dev-env {args:?} failed");
+}
+
+/// The node leading `topic[partition]`.
+fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    metadata.topics()[0].partitions().iter().find(|p| p.id() == partition).expect("the partition").leader()
+}
+
+/// Every source record is on the target, in source order once duplicates are removed, and the duplicates are
+/// exactly those ferry counted.
+async fn wait_at_least_once(env: &TestEnv, ferry: &Ferry, flow: &str, topic: &str, expected: &[Vec<Record>]) {
+    let target_topic = format!("src.{topic}");
+    let copies = wait_for("every record on the target", Duration::from_secs(180), || {
+        let mut copies = BTreeMap::new();
+        for (partition, expected) in expected.iter().enumerate() {
+            let ids: Vec<String> =
+                read_partition(&env.target, &target_topic, partition as i32).into_iter().map(|(_, r)| r.id()).collect();
+            let mut first = Vec::new();
+            for id in &ids {
+                if !first.contains(id) {
+                    first.push(id.clone());
+                }
+            }
+            if first.len() < expected.len() {
+                return None;
+            }
+            let wanted: Vec<String> = expected.iter().map(Record::id).collect();
+            assert_eq!(first, wanted, "partition {partition}: lost, foreign or reordered records");
+            copies.insert(partition, ids.len() - first.len());
+        }
+        Some(copies)
+    })
+    .await;
+    let duplicates: usize = copies.values().sum();
+    let counted = ferry.metric("ferry_duplicates_total", &[("flow", flow)]).unwrap_or(0.0) as usize;
+    assert_eq!(duplicates, counted, "duplicates on the target must be the ones counted");
+}
+
+/// Replicates an at-least-once and an exactly-once flow while the leader of partition 0 on `cluster` (`source` or
+/// `target`) is killed and started again 20 s later.
+async fn leader_killed_mid_stream(cluster: &str) {
+    let env = test_env!();
+    let [brokers] = dev_env_vars!("FERRY_TEST_BROKERS");
+    assert_eq!(brokers, "3", "these faults need `scripts/dev-env up --brokers 3`");
+    let _turn = ONE_FAULT_AT_A_TIME.lock().await;
+    let (alo, eos) = (unique(&format!("{cluster}-kill-alo")), unique(&format!("{cluster}-kill-eos")));
+    let (alo_flow, eos_flow) = (unique("alo"), unique("eos"));
+    for topic in [&alo, &eos] {
+        create_topic(&env.source, topic, PARTITIONS, &[]).await;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let second_flow = format!(
+        "  - name: {eos_flow}\n    source: src\n    target: dst\n    topics: {{ include: ['{eos}'] }}\n{EXACTLY_ONCE}"
+    );
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &alo_flow, &alo, &second_flow));
+    let numbered = |topic: &str| -> Vec<Vec<Record>> {
+        (0..PARTITIONS).map(|p| (0..PER_PARTITION).map(|seq| Record::numbered(topic, p, seq)).collect()).collect()
+    };
+    let (alo_records, eos_records) = (numbered(&alo), numbered(&eos));
+    let producer = producer(&env.source);
+    let feeders = [
+        feed_slowly(producer.clone(), alo.clone(), alo_records.clone(), 60, Duration::from_millis(500)),
+        feed_slowly(producer.clone(), eos.clone(), eos_records.clone(), 60, Duration::from_millis(500)),
+    ];
+    wait_for("both flows replicating", Duration::from_secs(90), || {
+        (end_offset(&env.target, &format!("src.{alo}"), 0) > 200
+            && end_offset(&env.target, &format!("src.{eos}"), 0) > 200)
+            .then_some(())
+    })
+    .await;
+
+    let (bootstrap, topic) = match cluster {
+        "source" => (env.source.clone(), alo.clone()),
+        _ => (env.target.clone(), format!("src.{alo}")),
+    };
+    let leader = leader_of(&bootstrap, &topic, 0).to_string();
+    dev_env(&["kill", cluster, &leader]);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    dev_env(&["start", cluster, &leader]);
+    for feeder in feeders {
+        feeder.await.unwrap();
+    }
+
+    wait_at_least_once(&env, &ferry, &alo_flow, &alo, &alo_records).await;
+    wait_exactly_once(&env.target, &format!("src.{eos}"), &eos_records, Duration::from_secs(180)).await;
+    assert_eq!(ferry.metric("ferry_records_lost_total", &[("flow", &alo_flow)]).unwrap_or(0.0), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_partition_leader_killed_mid_stream_loses_nothing_and_exactly_once_holds() {
+    leader_killed_mid_stream("target").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_partition_leader_killed_mid_stream_loses_nothing_and_exactly_once_holds() {
+    leader_killed_mid_stream("source").await;
+}
