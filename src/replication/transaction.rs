@@ -254,12 +254,21 @@ impl FlowTransactions {
                 .any(|slot| slot.target_topic == spec.target_topic && slot.partition == spec.id.partition)
         };
         let mut outcome = bucket.outcome.subscribe();
+        let mut waited = 0;
         while previous(&bucket) {
             bucket.commit_now.notify_one();
-            let failed =
-                tokio::time::timeout(CALL_TIMEOUT, outcome.changed()).await.is_ok_and(|changed| changed.is_err());
-            if failed || outcome.borrow().failure.is_some() {
+            let changed = tokio::time::timeout(CALL_TIMEOUT, outcome.changed()).await;
+            if changed.as_ref().is_ok_and(Result::is_err) || outcome.borrow().failure.is_some() {
                 return Err(self.failed(&bucket, "closed while the task joined"));
+            }
+            if changed.is_err() {
+                waited += 1;
+                warn!(
+                    task = %spec.id,
+                    bucket = number,
+                    waited_s = waited * CALL_TIMEOUT.as_secs(),
+                    "waiting for the partition's previous run to commit or abort its last records"
+                );
             }
         }
         let slot = Arc::new(Slot {
@@ -273,7 +282,15 @@ impl FlowTransactions {
         bucket.slots.lock().expect("bucket slots lock poisoned").push(slot.clone());
         drop(open);
 
-        let (committed_offset, target_end) = self.read_position(spec).await?;
+        let (committed_offset, target_end) = match self.read_position(spec).await {
+            Ok(read) => read,
+            Err(error) => {
+                // The slot holds nothing yet: let it go, or the task's next run would wait for it for ever.
+                slot.closed.store(true, Ordering::Release);
+                bucket.commit_now.notify_one();
+                return Err(error);
+            }
+        };
         if let Some(committed) = committed_offset {
             slot.frontier.store(committed, Ordering::Release);
             slot.committed.store(committed, Ordering::Release);
@@ -693,6 +710,39 @@ mod tests {
         assert_eq!(bucket_of("orders", 1, 16), (first + 1) % 16);
         assert!((0..1000).all(|partition| bucket_of("payments", partition, 7) < 7));
         assert_eq!(bucket_of("orders", 5, 1), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_whose_position_could_not_be_read_can_join_again_at_once() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("remote.orders", 1, 1).unwrap();
+        let bootstrap = mock.bootstrap_servers();
+        let cluster = ClusterConfig { bootstrap_servers: bootstrap, region: None, client: Default::default() };
+        let flow: FlowConfig = serde_json::from_value(serde_json::json!({
+            "name": "flow", "source": "mock", "target": "mock", "topics": { "include": ["orders"] },
+            "delivery": "exactly-once", "exactly_once": { "buckets": 1 }
+        }))
+        .unwrap();
+        let transactions = FlowTransactions::new(&flow, &cluster, &Metrics::new(false)).unwrap();
+        let spec = TaskSpec {
+            id: crate::replication::progress::TaskId::new("flow", "orders", 0),
+            target_topic: "remote.orders".to_owned(),
+            resume: None,
+        };
+        // The position read fails (as on a topic whose leader is not known yet).
+        mock.request_errors(
+            RDKafkaApiKey::OffsetFetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+        );
+        assert!(matches!(transactions.enlist(&spec).await, Err(TransactionError::Positions { .. })));
+        mock.clear_request_errors(RDKafkaApiKey::OffsetFetch);
+        // The next run is not kept waiting for a slot the failed one never used.
+        let again = tokio::time::timeout(Duration::from_secs(10), transactions.enlist(&spec)).await;
+        let enlisted = again.expect("joined without waiting").expect("joined");
+        assert_eq!(enlisted.committed_offset, None);
     }
 
     #[test]

@@ -282,3 +282,57 @@ async fn the_position_committed_in_the_transaction_wins_over_a_checkpoint_that_l
     wait_exactly_once(&env.target, &format!("src.{topic}"), &all, Duration::from_secs(60)).await;
     assert!(ferry.logs().contains("the target's committed transactions reach past the checkpoint"), "{}", ferry.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_aborts_its_transaction_pauses_its_task_and_the_bucket_still_delivers_exactly_once() {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let env = test_env!();
+    let (topic, flow) = (unique("eos-refused-record"), unique("eosrr"));
+    let state = tempfile::tempdir().unwrap();
+    let target_topic = format!("src.{topic}");
+    create_topic(&env.source, &topic, 2, &[]).await;
+    // A target-only config, which topic sync leaves alone: the target refuses records older than an hour.
+    create_topic(&env.target, &target_topic, 2, &[("message.timestamp.before.max.ms", "3600000")]).await;
+    let mut all = numbered(&topic, 2, 0, 400);
+    let two_days_ago = match all[0][100].timestamp {
+        rdkafka::Timestamp::CreateTime(millis) => millis - 2 * 24 * 3600 * 1000,
+        other => panic!("numbered records carry a create time, not {other:?}"),
+    };
+    all[0][100].timestamp = rdkafka::Timestamp::CreateTime(two_days_ago);
+    let producer = producer(&env.source);
+    for (partition, records) in all.iter().enumerate() {
+        produce(&producer, &topic, partition as i32, &records[..200]).await;
+    }
+    // One bucket: both partitions share every transaction, so the refusal aborts partition 1's records too.
+    let extra = "    delivery: exactly-once\n    exactly_once: { buckets: 1, commit_interval: 200ms }\n";
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, extra));
+    wait_for("the task of partition 0 paused at the refused record", Duration::from_secs(60), || {
+        let (_, body) = ferry.get("/status")?;
+        body.contains("refused source offset 100").then_some(())
+    })
+    .await;
+    wait_for("an aborted transaction", Duration::from_secs(30), || {
+        (ferry.metric("ferry_transactions_total", &[("flow", &flow), ("result", "aborted")])? >= 1.0).then_some(())
+    })
+    .await;
+    for (partition, records) in all.iter().enumerate() {
+        produce(&producer, &topic, partition as i32, &records[200..]).await;
+    }
+    // Partition 1 gets everything exactly once although its transactions were aborted with partition 0's.
+    let partition_1 = std::slice::from_ref(&all[1]);
+    wait_for("partition 1 complete", Duration::from_secs(60), || {
+        (read_partition(&env.target, &target_topic, 1).len() == 400).then_some(())
+    })
+    .await;
+    assert_exactly_once(&env.target, &target_topic, 1, &partition_1[0]);
+    // Partition 0 holds nothing past the refused record.
+    let before_refusal = read_partition(&env.target, &target_topic, 0).len();
+    assert!(before_refusal <= 100, "{before_refusal} records of partition 0 committed past the refused one");
+
+    let lifted = AlterConfig::new(ResourceSpecifier::Topic(&target_topic))
+        .set("message.timestamp.before.max.ms", "9223372036854775807");
+    for result in admin(&env.target).alter_configs([&lifted], &AdminOptions::new()).await.expect("alter configs") {
+        result.expect("limit lifted");
+    }
+    wait_exactly_once(&env.target, &target_topic, &all, Duration::from_secs(120)).await;
+}

@@ -1,0 +1,118 @@
+//! Network faults between ferry and what it talks to, through Toxiproxy (`tests/support/toxiproxy.rs`): connection
+//! resets and 30 s stalls under 100 ms of added latency, between ferry and the target cluster, the source cluster
+//! and etcd. In every case nothing is lost, and the duplicates on the target are exactly the ones ferry counted.
+//!
+//! Needs the single-broker dev env (`scripts/dev-env up`) and toxiproxy-server (`scripts/install-toxiproxy`, which
+//! `scripts/install-deps` runs). Each test has its own Toxiproxy server and, where a cluster sits behind the proxy,
+//! its own single-node cluster, so the tests run in parallel.
+
+#[macro_use]
+#[path = "../support/dev_env.rs"]
+mod dev_env;
+// The end-to-end harness; this binary uses only part of it.
+#[allow(dead_code)]
+#[macro_use]
+#[path = "../e2e/common.rs"]
+mod common;
+#[allow(dead_code)]
+#[macro_use]
+#[path = "../e2e/fleet_support.rs"]
+mod fleet_support;
+#[path = "../support/toxiproxy.rs"]
+mod toxiproxy;
+
+mod etcd;
+mod kafka;
+mod kafka_behind_proxy;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::toxiproxy::{Proxy, Toxic};
+
+const PARTITIONS: i32 = 3;
+const PER_PARTITION: u64 = 2_400;
+/// The feed lasts over a minute (80 chunks, 750 ms apart), so every fault strikes mid-stream.
+const CHUNKS: usize = 80;
+const PAUSE: Duration = Duration::from_millis(750);
+
+const LATENCY: Toxic = Toxic::Latency { ms: 100 };
+const RESET_ROUNDS: usize = 3;
+/// Long enough for the clients to reconnect into the reset a few times (librdkafka backs off from 100 ms).
+const RESET_HOLD: Duration = Duration::from_secs(3);
+const STALL_HOLD: Duration = Duration::from_secs(30);
+/// A generous bound for getting over a fault: librdkafka's reconnect backoff alone grows to 10 s.
+const RECOVERY: Duration = Duration::from_secs(90);
+
+/// Every partition's numbered records.
+fn numbered(topic: &str) -> Vec<Vec<Record>> {
+    (0..PARTITIONS).map(|p| (0..PER_PARTITION).map(|seq| Record::numbered(topic, p, seq)).collect()).collect()
+}
+
+/// The sum of a topic's end offsets (0 for a topic not created yet).
+fn total_end_offset(bootstrap: &str, topic: &str) -> i64 {
+    (0..PARTITIONS).map(|p| end_offset(bootstrap, topic, p).max(0)).sum()
+}
+
+/// Resets every connection through `proxy` (both ways, as soon as data flows) for [`RESET_HOLD`], [`RESET_ROUNDS`]
+/// times; after each round, waits until `recovered(mark())`, `mark` read as the resets stop.
+async fn reset_rounds(proxy: &Proxy, what: &str, mark: impl Fn() -> i64, recovered: impl Fn(i64) -> bool) {
+    for round in 1..=RESET_ROUNDS {
+        proxy.add_both_ways("reset", Toxic::ResetPeer { after_ms: 0 });
+        tokio::time::sleep(RESET_HOLD).await;
+        proxy.remove_both_ways("reset");
+        let mark = mark();
+        wait_for(&format!("{what} after reset round {round}"), RECOVERY, || recovered(mark).then_some(())).await;
+    }
+}
+
+/// Every source record is on the target in source order once duplicates are removed, nothing is counted lost, and
+/// the duplicates are exactly those ferry counted; returns how many there were.
+async fn wait_at_least_once(
+    ferry: &Ferry,
+    flow: &str,
+    target: &str,
+    target_topic: &str,
+    expected: &[Vec<Record>],
+) -> usize {
+    let wanted: i64 = expected.iter().map(|records| records.len() as i64).sum();
+    let copies = wait_for("every record on the target", Duration::from_secs(180), || {
+        // Reading every record is slow; the end offsets say cheaply when it is worth it.
+        if total_end_offset(target, target_topic) < wanted {
+            return None;
+        }
+        let mut copies = BTreeMap::new();
+        for (partition, expected) in expected.iter().enumerate() {
+            let ids: Vec<String> =
+                read_partition(target, target_topic, partition as i32).into_iter().map(|(_, r)| r.id()).collect();
+            let mut seen = std::collections::BTreeSet::new();
+            let first: Vec<&String> = ids.iter().filter(|id| seen.insert(id.as_str())).collect();
+            if first.len() < expected.len() {
+                return None;
+            }
+            let wanted: Vec<String> = expected.iter().map(Record::id).collect();
+            assert!(
+                first.iter().copied().eq(wanted.iter()),
+                "partition {partition}: lost, foreign or reordered records"
+            );
+            copies.insert(partition, ids.len() - first.len());
+        }
+        Some(copies)
+    })
+    .await;
+    let duplicates: usize = copies.values().sum();
+    // ferry counts a duplicate when a task restarts from its checkpoint, which can come a moment after the copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let counted = loop {
+        let counted = ferry.metric("ferry_duplicates_total", &[("flow", flow)]).unwrap_or(0.0) as usize;
+        if counted >= duplicates || std::time::Instant::now() > deadline {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(duplicates, counted, "duplicates on the target ({copies:?} by partition) must be the ones counted");
+    assert_eq!(ferry.metric("ferry_records_lost_total", &[("flow", flow)]), Some(0.0), "records counted lost");
+    duplicates
+}
