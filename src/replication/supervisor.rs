@@ -19,7 +19,7 @@ use crate::ops::metrics::Metrics;
 use crate::replication::progress::{Position, Registry, TaskId, TaskProgress, TaskState};
 use crate::replication::source::SourceConsumer;
 use crate::replication::target::TargetProducer;
-use crate::replication::task::{self, Provenance, TaskContext, TaskError};
+use crate::replication::task::{self, Provenance, Refused, TaskContext, TaskError};
 use crate::replication::throttle::Throttle;
 use crate::replication::transaction::FlowTransactions;
 use crate::topics::discovery::{Discovered, TaskSpec};
@@ -87,6 +87,8 @@ pub struct Supervisor {
     retries: HashMap<TaskId, Instant>,
     /// Consecutive failures per task, for the backoff.
     failures: HashMap<TaskId, u32>,
+    /// The offsets the target refused in each task's last failed run, for its retry.
+    refused: HashMap<TaskId, Refused>,
     /// The tasks running now, for whoever must wait until a task stopped (ownership hand-over).
     running_tx: watch::Sender<BTreeSet<TaskId>>,
 }
@@ -109,6 +111,7 @@ impl Supervisor {
             join_ids: HashMap::new(),
             retries: HashMap::new(),
             failures: HashMap::new(),
+            refused: HashMap::new(),
             running_tx: watch::channel(BTreeSet::new()).0,
         }
     }
@@ -185,6 +188,7 @@ impl Supervisor {
         }
         self.retries.retain(|id, _| wanted.contains_key(id));
         self.failures.retain(|id, _| wanted.contains_key(id));
+        self.refused.retain(|id, _| wanted.contains_key(id));
         let now = Instant::now();
         for (id, spec) in wanted {
             let waiting = self.retries.get(id).is_some_and(|at| *at > now);
@@ -231,7 +235,7 @@ impl Supervisor {
             progress,
             provenance: flow.provenance.clone(),
             drain_timeout: self.drain_timeout,
-            cautious_start: self.failures.contains_key(&spec.id),
+            refused: self.refused.get(&spec.id).copied(),
             transactions: flow.transactions.clone(),
         };
         let stop = CancellationToken::new();
@@ -248,7 +252,12 @@ impl Supervisor {
     fn joined(&mut self, joined: Result<(tokio::task::Id, Result<(), TaskError>), tokio::task::JoinError>) {
         let (join_id, failure) = match joined {
             Ok((join_id, Ok(()))) => (join_id, None),
-            Ok((join_id, Err(error))) => (join_id, Some((error.to_string(), error.is_retriable()))),
+            Ok((join_id, Err(error))) => {
+                if let (TaskError::Rejected { offset, through, .. }, Some(id)) = (&error, self.join_ids.get(&join_id)) {
+                    self.refused.insert(id.clone(), Refused { first: *offset, last: *through });
+                }
+                (join_id, Some((error.to_string(), error.is_retriable())))
+            }
             Err(join_error) => (join_error.id(), Some((format!("task panicked: {join_error}"), true))),
         };
         let Some(id) = self.join_ids.remove(&join_id) else { return };

@@ -79,11 +79,21 @@ pub struct TaskContext {
     pub provenance: Option<Provenance>,
     /// How long to wait for in-flight records when stopping.
     pub drain_timeout: Duration,
-    /// Send one record and wait for its acknowledgement before pipelining: after the target refused a record,
-    /// this keeps every retry from writing the records behind it again.
-    pub cautious_start: bool,
+    /// The source offsets the target refused in the previous run, if it failed so: they are sent one at a time
+    /// (under exactly-once, the first only after everything before it committed), so the retry names the very
+    /// record the target refuses and rewrites nothing behind it.
+    pub refused: Option<Refused>,
     /// Set for exactly-once delivery: the flow's transactional buckets.
     pub transactions: Option<Arc<FlowTransactions>>,
+}
+
+/// Source offsets `first..=last` the target refused together (Kafka refuses whole batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// First refused offset.
+    pub first: i64,
+    /// Last refused offset.
+    pub last: i64,
 }
 
 /// Why a task stopped on its own.
@@ -103,6 +113,8 @@ pub enum TaskError {
         partition: i32,
         /// Source offset of the refused record.
         offset: i64,
+        /// Last source offset refused with it (the rest of its batch).
+        through: i64,
         /// Kafka's error (boxed to keep the hot path's `Result` small).
         error: Box<KafkaError>,
     },
@@ -178,6 +190,11 @@ impl TaskError {
     }
 }
 
+/// Whether librdkafka dropped the record itself (its transaction aborted) rather than the target refusing it.
+fn is_purged(error: &KafkaError) -> bool {
+    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight))
+}
+
 /// Permission to add a record to the task's transaction (empty without exactly-once), held until it is tracked.
 struct Admitted(Option<Entry>);
 
@@ -245,8 +262,6 @@ struct Replication<'a> {
     /// Set once the target refused a record: no later acknowledgement may move the position past it.
     refused: bool,
     last_acked_timestamp_ms: Option<i64>,
-    /// Set until the first acknowledgement of a cautious start.
-    cautious: bool,
     /// Acknowledged records and bytes not yet added to the shared counters. All tasks of a topic share one
     /// counter (and all tasks of a flow one latency histogram), so per-record updates would contend across
     /// threads; they are added once per batch of acknowledgements, in `publish`.
@@ -258,8 +273,11 @@ struct Replication<'a> {
 
 impl Replication<'_> {
     fn has_room(&self) -> bool {
-        if self.cautious {
-            return self.pending.is_empty();
+        let next = self.next_fetch();
+        if let Some(refused) = self.ctx.refused.filter(|refused| (refused.first..=refused.last).contains(&next)) {
+            // One at a time; under exactly-once the first refused record goes into a transaction of its own.
+            let committed_first = self.transaction.is_none() || next != refused.first || self.pending.is_empty();
+            return self.unacknowledged == self.held.len() && committed_first;
         }
         if self.transaction.is_some() {
             let in_flight = self.unacknowledged - self.held.len();
@@ -313,23 +331,48 @@ impl Replication<'_> {
         Some(record)
     }
 
-    fn rejected(&self, offset: i64, error: KafkaError) -> TaskError {
+    fn rejected(&self, offset: i64, through: i64, error: KafkaError) -> TaskError {
         TaskError::Rejected {
             cluster: self.ctx.target.alias().to_owned(),
             target_topic: self.ctx.spec.target_topic.clone(),
             partition: self.ctx.spec.id.partition,
             offset,
+            through,
             error: Box::new(error),
         }
+    }
+
+    /// The refusal of the produced record at `index` among those still pending (its acknowledgement at the same
+    /// index of `held`), with the refused records right behind it (the rest of its batch).
+    fn refused_from(&mut self, index: usize, offset: i64, error: KafkaError) -> TaskError {
+        self.refused = true;
+        let run = self.held.iter().skip(index).take_while(|ack| ack.as_ref().is_err_and(|e| !is_purged(e))).count();
+        let mut produced = self.pending.iter().filter(|record| record.produced()).map(|record| record.offset);
+        let through = run.checked_sub(1).and_then(|last| produced.nth(index + last)).unwrap_or(offset);
+        self.rejected(offset, through.max(offset), error)
     }
 
     /// Accounts for the acknowledgements taken from the sink and for the skipped records behind them (under
     /// exactly-once, those of committed transactions), then publishes the position once.
     fn settle(&mut self) -> Result<(), TaskError> {
         self.held.extend(self.acks.drain(..));
-        let result = self.committed_epoch().and_then(|committed| self.settle_acks(committed));
+        let result = match self.committed_epoch() {
+            Ok(committed) => self.settle_acks(committed),
+            // The transaction aborted: a record the target refused in it is the reason worth reporting.
+            Err(aborted) => Err(self.refusal_in_held().unwrap_or(aborted)),
+        };
         self.publish();
         result
+    }
+
+    /// The first refusal among the acknowledgements not yet accounted for. Records librdkafka purged because their
+    /// transaction aborted were not refused by the target.
+    fn refusal_in_held(&mut self) -> Option<TaskError> {
+        let index = self.held.iter().position(|ack| ack.as_ref().is_err_and(|error| !is_purged(error)))?;
+        let offset = self.pending.iter().filter(|record| record.produced()).nth(index).map(|record| record.offset);
+        let error = self.held[index].clone().expect_err("found as an error");
+        let offset = offset.unwrap_or(self.next_fetch());
+        Some(self.refused_from(index, offset, error))
     }
 
     fn settle_acks(&mut self, committed_epoch: u64) -> Result<(), TaskError> {
@@ -344,10 +387,8 @@ impl Replication<'_> {
             let record = self.untrack_front().expect("a produced record is at the front");
             let target_offset = match ack {
                 Ok(target_offset) => target_offset,
-                Err(error) => {
-                    self.refused = true;
-                    return Err(self.rejected(record.offset, error));
-                }
+                // The acknowledgements behind it (in `held`) belong to the records now at the front.
+                Err(error) => return Err(self.refused_from(0, record.offset, error)),
             };
             if let Some(last) = self.last_target_offset.filter(|last| *last >= target_offset) {
                 return Err(self.unordered(format!(
@@ -356,7 +397,6 @@ impl Replication<'_> {
                 )));
             }
             self.last_target_offset = Some(target_offset);
-            self.cautious = false;
             self.position.acknowledged(record.offset, target_offset);
             self.unpublished_records += 1;
             self.unpublished_bytes += record.bytes as u64;
@@ -369,11 +409,8 @@ impl Replication<'_> {
             return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned()));
         }
         // A refusal inside an open transaction: the transaction cannot commit, and the record is named now.
-        if let Some(index) = self.held.iter().position(Result::is_err) {
-            let offset = self.pending.iter().filter(|record| record.produced()).nth(index).map(|record| record.offset);
-            let error = self.held[index].clone().expect_err("found as an error");
-            self.refused = true;
-            return Err(self.rejected(offset.unwrap_or(self.next_fetch()), error));
+        if let Some(refusal) = self.refusal_in_held() {
+            return Err(refusal);
         }
         Ok(())
     }
@@ -524,7 +561,7 @@ impl Replication<'_> {
                         _ = tokio::time::sleep(UNKNOWN_PARTITION_BACKOFF) => {}
                     }
                 }
-                Err((error, _)) => return Err(self.rejected(offset, error)),
+                Err((error, _)) => return Err(self.rejected(offset, offset, error)),
             }
         }
     }
@@ -822,7 +859,6 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
         last_target_offset: None,
         refused: false,
         last_acked_timestamp_ms: None,
-        cautious: ctx.cautious_start,
         unpublished_records: 0,
         unpublished_bytes: 0,
         latency: ctx.metrics.latency.local(),
@@ -900,7 +936,7 @@ mod tests {
             progress: progress.clone(),
             provenance: None,
             drain_timeout: Duration::from_secs(10),
-            cautious_start: false,
+            refused: None,
             transactions,
         }
     }

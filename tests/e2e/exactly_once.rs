@@ -306,11 +306,15 @@ async fn a_refused_record_aborts_its_transaction_pauses_its_task_and_the_bucket_
     // One bucket: both partitions share every transaction, so the refusal aborts partition 1's records too.
     let extra = "    delivery: exactly-once\n    exactly_once: { buckets: 1, commit_interval: 200ms }\n";
     let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, extra));
-    wait_for("the task of partition 0 paused at the refused record", Duration::from_secs(60), || {
-        let (_, body) = ferry.get("/status")?;
-        body.contains("refused source offset 100").then_some(())
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ferry.get("/status").is_some_and(|(_, body)| body.contains("refused source offset 100")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition 0 not paused at the refused record:\n{}",
+            ferry.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     wait_for("an aborted transaction", Duration::from_secs(30), || {
         (ferry.metric("ferry_transactions_total", &[("flow", &flow), ("result", "aborted")])? >= 1.0).then_some(())
     })

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry::checkpoint::{Access, CheckpointStore};
+use ferry::checkpoint::Access;
 
 use crate::common::*;
-use crate::fleet_support::{fleet_config, TTL_SECONDS};
+use crate::fleet_support::{fleet_config, owned, TTL_SECONDS};
 use crate::toxiproxy::{Stream, Toxic, Toxiproxy};
 use crate::*;
 
@@ -47,11 +47,16 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
     })
     .await;
 
-    // Recovered: ferry wrote a checkpoint after the fault was lifted.
+    // Recovered: ferry owns every task and wrote a checkpoint after the fault was lifted. Resets that keep etcd away
+    // for longer than the lease TTL cost the member its lease: it then stops its tasks and must rejoin and own them
+    // again, so the stall below starts on a member with a lease, as a cut-off member would in production.
     let writes = || ferry.metric("ferry_checkpoint_writes_total", &[("flow", &flow)]).unwrap_or(0.0) as i64;
-    reset_rounds(&proxy, "a checkpoint written", writes, |mark| writes() > mark).await;
+    let owns_all = || owned(&ferry) == Some(i64::from(PARTITIONS));
+    reset_rounds(&proxy, "every task owned and a checkpoint written", writes, |mark| owns_all() && writes() > mark)
+        .await;
 
     let stalled = Instant::now();
+    note("stall on");
     proxy.add_both_ways("stall", Toxic::Stall);
     // Past the lease TTL, a member that stopped replicating on losing etcd would have stopped by now.
     tokio::time::sleep(Duration::from_secs(TTL_SECONDS + 3)).await;
@@ -61,10 +66,13 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
         (total_end_offset(&env.target, &target_topic) >= mark).then_some(())
     })
     .await;
+    note("replication going on while etcd is unreachable");
     tokio::time::sleep(STALL_HOLD.saturating_sub(stalled.elapsed())).await;
     let writes_in_stall = writes();
     proxy.remove_both_ways("stall");
+    note("stall off");
     wait_for("a checkpoint written after the stall", RECOVERY, || (writes() > writes_in_stall).then_some(())).await;
+    note("a checkpoint written after the stall");
     let etcd_errors = ferry.metric("ferry_etcd_errors_total", &[]).unwrap_or(0.0);
     assert!(etcd_errors > 0.0, "ferry saw no etcd error from the resets and the stall; logs:\n{}", ferry.logs());
 

@@ -62,11 +62,18 @@ async fn resets_and_a_stall_under_latency(side: Side) {
     let errors = ferry.metric("ferry_client_errors_total", &[("cluster", faulty)]).unwrap_or(0.0);
     assert!(errors > 0.0, "ferry's clients saw no error from the resets on {faulty}; logs:\n{}", ferry.logs());
 
+    note("stall on");
     node.proxy.add_both_ways("stall", Toxic::Stall);
-    tokio::time::sleep(STALL_HOLD).await;
+    // A few seconds in, whatever was on its way has landed; from then on the stall must hold the target still.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let frozen = total_end_offset(&target, &target_topic);
+    tokio::time::sleep(STALL_HOLD - Duration::from_secs(5)).await;
+    assert_eq!(total_end_offset(&target, &target_topic), frozen, "records replicated through a stalled link");
     node.proxy.remove_both_ways("stall");
+    note("stall off");
     let mark = produced();
     wait_for("replication after the stall", RECOVERY, || caught_up(mark).then_some(())).await;
+    note("replication after the stall");
 
     feeder.await.unwrap();
     let duplicates = wait_at_least_once(&ferry, &flow, &target, &target_topic, &records).await;

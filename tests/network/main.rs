@@ -46,6 +46,13 @@ const STALL_HOLD: Duration = Duration::from_secs(30);
 /// A generous bound for getting over a fault: librdkafka's reconnect backoff alone grows to 10 s.
 const RECOVERY: Duration = Duration::from_secs(90);
 
+/// Says on stderr, with a UTC time to set beside ferry's log lines, what the test does to the network.
+fn note(what: &str) {
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 86_400_000;
+    let (hours, minutes, seconds) = (millis / 3_600_000, millis / 60_000 % 60, millis / 1000 % 60);
+    eprintln!("{hours:02}:{minutes:02}:{seconds:02}.{:03} network: {what}", millis % 1000);
+}
+
 /// Every partition's numbered records.
 fn numbered(topic: &str) -> Vec<Vec<Record>> {
     (0..PARTITIONS).map(|p| (0..PER_PARTITION).map(|seq| Record::numbered(topic, p, seq)).collect()).collect()
@@ -60,11 +67,14 @@ fn total_end_offset(bootstrap: &str, topic: &str) -> i64 {
 /// times; after each round, waits until `recovered(mark())`, `mark` read as the resets stop.
 async fn reset_rounds(proxy: &Proxy, what: &str, mark: impl Fn() -> i64, recovered: impl Fn(i64) -> bool) {
     for round in 1..=RESET_ROUNDS {
+        note(&format!("resets on ({round}/{RESET_ROUNDS})"));
         proxy.add_both_ways("reset", Toxic::ResetPeer { after_ms: 0 });
         tokio::time::sleep(RESET_HOLD).await;
         proxy.remove_both_ways("reset");
+        note("resets off");
         let mark = mark();
         wait_for(&format!("{what} after reset round {round}"), RECOVERY, || recovered(mark).then_some(())).await;
+        note(&format!("{what} after reset round {round}"));
     }
 }
 

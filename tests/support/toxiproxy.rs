@@ -146,11 +146,6 @@ impl Proxy {
         &self.listen
     }
 
-    /// The port of [`Proxy::address`].
-    pub fn port(&self) -> u16 {
-        self.listen.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).expect("a host:port listen address")
-    }
-
     /// Adds `toxic` under `name` on `stream`, for new and existing connections alike.
     pub fn add(&self, name: &str, toxic: Toxic, stream: Stream) {
         let (kind, attributes) = toxic.kind_and_attributes();
