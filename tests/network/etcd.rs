@@ -60,6 +60,7 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
     proxy.add_both_ways("stall", Toxic::Stall);
     // Past the lease TTL, a member that stopped replicating on losing etcd would have stopped by now.
     tokio::time::sleep(Duration::from_secs(TTL_SECONDS + 3)).await;
+    let writes_before = writes();
     let mark = total_end_offset(&env.source, &topic);
     let left = STALL_HOLD.saturating_sub(stalled.elapsed());
     wait_for("replication going on while etcd is unreachable", left, || {
@@ -69,6 +70,7 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
     note("replication going on while etcd is unreachable");
     tokio::time::sleep(STALL_HOLD.saturating_sub(stalled.elapsed())).await;
     let writes_in_stall = writes();
+    assert_eq!(writes_in_stall, writes_before, "checkpoints written through a stalled link");
     proxy.remove_both_ways("stall");
     note("stall off");
     wait_for("a checkpoint written after the stall", RECOVERY, || (writes() > writes_in_stall).then_some(())).await;
