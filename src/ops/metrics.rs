@@ -82,6 +82,8 @@ pub struct Metrics {
     pub transaction_duration: HistogramVec,
     /// Transactional producers fenced by a newer instance with the same transactional id, by flow.
     pub producers_fenced: IntCounterVec,
+    /// Target producers replaced after a fatal error, by cluster.
+    pub producer_rebuilds: IntCounterVec,
 }
 
 /// Buckets for end-to-end latency: from a few milliseconds on a quiet link to minutes while draining a backlog.
@@ -309,6 +311,11 @@ impl Metrics {
         }
     }
 
+    /// `ferry_producer_rebuilds_total` of a target cluster.
+    pub fn producer_rebuilds_of(&self, cluster: &str) -> IntCounter {
+        self.producer_rebuilds.with_label_values(&[cluster])
+    }
+
     /// `ferry_assigned_tasks` of a member.
     pub fn assigned_tasks_of(&self, member: &str) -> IntGauge {
         self.assigned_tasks.with_label_values(&[member])
@@ -489,6 +496,13 @@ impl Metrics {
                 ),
                 &["flow"]
             )),
+            producer_rebuilds: register!(IntCounterVec::new(
+                Opts::new(
+                    "ferry_producer_rebuilds_total",
+                    "Target producers replaced after a fatal librdkafka error, by cluster."
+                ),
+                &["cluster"]
+            )),
             registry,
             per_partition,
             names: {
@@ -575,6 +589,7 @@ impl Metrics {
             &self.transactions,
             &self.transaction_duration,
             &self.producers_fenced,
+            &self.producer_rebuilds,
         ];
         families.extend(vectors.iter().flat_map(|vector| vector.collect()).filter(|f| !gathered.contains(f.name())));
         families.sort_by(|a, b| a.name().cmp(b.name()));

@@ -112,41 +112,15 @@ impl ProducerContext for TargetContext {
     }
 }
 
-/// A record for [`TargetProducer::send`]; its acknowledgement goes to the sink it carries.
-pub type TargetRecord<'a> = BaseRecord<'a, [u8], [u8], Arc<AckSink>>;
-
-/// The shared producer of one target cluster.
-#[derive(Clone)]
-pub struct TargetProducer {
-    alias: String,
-    producer: Arc<ThreadedProducer<TargetContext>>,
-}
-
-impl std::fmt::Debug for TargetProducer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TargetProducer").field("cluster", &self.alias).finish_non_exhaustive()
-    }
-}
-
-impl TargetProducer {
-    /// Builds the producer for cluster `alias`; it connects lazily.
-    pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, ClientError> {
-        let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
-        let producer = client_config(alias, cluster, Role::Producer)?
-            .create_with_context(context)
-            .map_err(|source| ClientError::create(alias, cluster, &source))?;
-        Ok(Self { alias: alias.to_owned(), producer: Arc::new(producer) })
-    }
-
-    /// A transactional producer for cluster `alias` (exactly-once delivery): one per bucket, with a
-    /// `transactional.id` that stays the same whichever member runs the bucket, so a new instance fences the old.
-    pub fn transactional(
-        alias: &str,
-        cluster: &ClusterConfig,
-        metrics: &Metrics,
-        transactional_id: &str,
-    ) -> Result<Self, ClientError> {
-        let mut config = client_config(alias, cluster, Role::Producer)?;
+/// A new librdkafka producer for cluster `alias`: transactional when `transactional_id` is set.
+fn build(
+    alias: &str,
+    cluster: &ClusterConfig,
+    metrics: &Metrics,
+    transactional_id: Option<&str>,
+) -> Result<ThreadedProducer<TargetContext>, ClientError> {
+    let mut config = client_config(alias, cluster, Role::Producer)?;
+    if let Some(transactional_id) = transactional_id {
         // Set after the user's properties: the id is what fences zombies, so it is never the user's to choose.
         config.set("transactional.id", transactional_id);
         // The next transaction's first request waits out the coordinator's CONCURRENT_TRANSACTIONS while the
@@ -162,10 +136,102 @@ impl TargetProducer {
             let transaction_timeout = config.get("transaction.timeout.ms").unwrap_or("60000").to_owned();
             config.set("message.timeout.ms", transaction_timeout);
         }
-        let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
-        let producer =
-            config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))?;
-        Ok(Self { alias: alias.to_owned(), producer: Arc::new(producer) })
+    }
+    let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
+    config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))
+}
+
+/// A record for [`TargetProducer::send`]; its acknowledgement goes to the sink it carries.
+pub type TargetRecord<'a> = BaseRecord<'a, [u8], [u8], Arc<AckSink>>;
+
+/// The shared producer of one target cluster: a handle on one librdkafka instance, and the cell through which the
+/// cluster's tasks get the instance that replaces it after a fatal error.
+#[derive(Clone)]
+pub struct TargetProducer {
+    alias: String,
+    producer: Arc<ThreadedProducer<TargetContext>>,
+    cell: Arc<ProducerCell>,
+}
+
+/// The current instance of a cluster's producer, and how to build another.
+struct ProducerCell {
+    current: Mutex<Arc<ThreadedProducer<TargetContext>>>,
+    cluster: ClusterConfig,
+    metrics: Metrics,
+    transactional_id: Option<String>,
+}
+
+impl std::fmt::Debug for TargetProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetProducer").field("cluster", &self.alias).finish_non_exhaustive()
+    }
+}
+
+impl TargetProducer {
+    /// Builds the producer for cluster `alias`; it connects lazily.
+    pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, ClientError> {
+        Self::with_cell(alias, cluster, metrics, None)
+    }
+
+    fn with_cell(
+        alias: &str,
+        cluster: &ClusterConfig,
+        metrics: &Metrics,
+        transactional_id: Option<String>,
+    ) -> Result<Self, ClientError> {
+        let producer = Arc::new(build(alias, cluster, metrics, transactional_id.as_deref())?);
+        let cell = Arc::new(ProducerCell {
+            current: Mutex::new(producer.clone()),
+            cluster: cluster.clone(),
+            metrics: metrics.clone(),
+            transactional_id,
+        });
+        Ok(Self { alias: alias.to_owned(), producer, cell })
+    }
+
+    /// A handle on the cluster's current instance: the one that replaced this handle's after a fatal error, if any.
+    pub fn current(&self) -> TargetProducer {
+        let producer = self.cell.current.lock().expect("producer cell lock poisoned").clone();
+        Self { alias: self.alias.clone(), producer, cell: self.cell.clone() }
+    }
+
+    /// After a task failed: when librdkafka says this handle's instance hit a fatal error (it can never send
+    /// again, for example after a sequence it cannot recover), replaces it as the cluster's current instance, once
+    /// for all its tasks. Returns librdkafka's reason when it did (or another task already had).
+    pub fn replace_if_fatal(&self) -> Option<String> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        let mut current = self.cell.current.lock().expect("producer cell lock poisoned");
+        if Arc::ptr_eq(&current, &self.producer) {
+            let cell = &self.cell;
+            match build(&self.alias, &cell.cluster, &cell.metrics, cell.transactional_id.as_deref()) {
+                Ok(fresh) => {
+                    *current = Arc::new(fresh);
+                    cell.metrics.producer_rebuilds_of(&self.alias).inc();
+                    tracing::error!(
+                        cluster = self.alias.as_str(),
+                        ?code,
+                        reason = reason.as_str(),
+                        "the target producer hit a fatal error; replaced by a new one (its tasks resume from their \
+                         acknowledged positions)"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(cluster = self.alias.as_str(), %error, "cannot rebuild the target producer")
+                }
+            }
+        }
+        Some(reason)
+    }
+
+    /// A transactional producer for cluster `alias` (exactly-once delivery): one per bucket, with a
+    /// `transactional.id` that stays the same whichever member runs the bucket, so a new instance fences the old.
+    pub fn transactional(
+        alias: &str,
+        cluster: &ClusterConfig,
+        metrics: &Metrics,
+        transactional_id: &str,
+    ) -> Result<Self, ClientError> {
+        Self::with_cell(alias, cluster, metrics, Some(transactional_id.to_owned()))
     }
 
     /// The librdkafka producer, for the transaction calls of a bucket.

@@ -827,7 +827,9 @@ fn bind_to_target(ctx: &TaskContext, position: &mut Position) {
 }
 
 /// Runs the task until `stop` fires (returns `Ok`) or a record cannot be replicated (returns the error).
-pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskError> {
+pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskError> {
+    // The cluster's current producer: the replacement, if a fatal error ended the one this task last used.
+    ctx.target = ctx.target.current();
     let mut position = ctx.progress.position();
     bind_to_target(&ctx, &mut position);
     let transaction = match &ctx.transactions {
@@ -874,6 +876,11 @@ pub async fn run(ctx: TaskContext, stop: CancellationToken) -> Result<(), TaskEr
     };
     ctx.source.detach(&topic, partition);
     drop(queue);
+    if result.is_err() {
+        // A fatal producer error fails every task of the cluster; the first to see it replaces the producer, so
+        // their restarts do not run into the dead one again.
+        ctx.target.replace_if_fatal();
+    }
     result
 }
 
@@ -962,6 +969,38 @@ mod tests {
         assert_eq!(position.next_target_offset, Some(RECORDS));
         assert_eq!(position.sync_points, vec![SyncPoint::new(0, 0)]);
         assert_eq!(metrics.task("flow", "orders", 0).records.get(), RECORDS as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_producer_error_replaces_the_producer_and_the_task_resumes_from_its_position() {
+        let (_mock, bootstrap) = mock_with_records().await;
+        let metrics = Metrics::new(false);
+        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
+        let ctx = mock_context(&bootstrap, &metrics, &progress, None);
+        let reason = std::ffi::CString::new("injected by the test").unwrap();
+        // SAFETY: the producer outlives the call; librdkafka copies the reason.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                rdkafka::producer::Producer::client(&**ctx.target.client()).native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        let failed = run(ctx.clone(), CancellationToken::new()).await;
+        assert!(matches!(failed, Err(TaskError::Rejected { .. })), "{failed:?}");
+        assert_eq!(metrics.producer_rebuilds_of("mock").get(), 1, "the dead producer is replaced once");
+
+        // The restarted task (same context, as the supervisor hands it) writes through the new producer.
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(ctx, stop.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while progress.position().next_source_offset < RECORDS {
+            assert!(tokio::time::Instant::now() < deadline, "stalled at {:?}", progress.position());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(progress.position().next_target_offset, Some(RECORDS));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
