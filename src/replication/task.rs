@@ -948,12 +948,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_task_loop_replicates_in_order_and_stops_with_everything_acknowledged() {
-        let (_mock, bootstrap) = mock_with_records().await;
-        let metrics = Metrics::new(false);
-        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
-        let ctx = mock_context(&bootstrap, &metrics, &progress, None);
+    /// Runs the task until its position passes every record of the mock's partition, then stops it cleanly.
+    async fn run_until_all_replicated(ctx: TaskContext, progress: &TaskProgress) {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(ctx, stop.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -963,6 +959,15 @@ mod tests {
         }
         stop.cancel();
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_loop_replicates_in_order_and_stops_with_everything_acknowledged() {
+        let (_mock, bootstrap) = mock_with_records().await;
+        let metrics = Metrics::new(false);
+        let progress = Arc::new(TaskProgress::new(Position::starting_at(0)));
+        let ctx = mock_context(&bootstrap, &metrics, &progress, None);
+        run_until_all_replicated(ctx, &progress).await;
 
         let position = progress.position();
         assert_eq!(position.next_source_offset, RECORDS);
@@ -991,15 +996,7 @@ mod tests {
         assert_eq!(metrics.producer_rebuilds_of("mock").get(), 1, "the dead producer is replaced once");
 
         // The restarted task (same context, as the supervisor hands it) writes through the new producer.
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(ctx, stop.clone()));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while progress.position().next_source_offset < RECORDS {
-            assert!(tokio::time::Instant::now() < deadline, "stalled at {:?}", progress.position());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        run_until_all_replicated(ctx, &progress).await;
         assert_eq!(progress.position().next_target_offset, Some(RECORDS));
     }
 
