@@ -149,6 +149,8 @@ fn varied_tasks() -> BTreeMap<TaskKey, Checkpoint> {
         ],
         lost: vec![ferry::replication::progress::LostRange { first: 850, last: 870 }],
         target: Some("eu-west/us-east.orders".to_owned()),
+        source_topic_id: Some(ferry::topics::identity::TopicId::from("b6nQ0xKvQm-PZk3c2H1y1A")),
+        source_end: Some(1_000),
     };
     BTreeMap::from([
         (task("orders", 0), plain(10)),

@@ -127,6 +127,8 @@ pub struct TaskMetrics {
     pub skipped_loop: IntCounter,
     /// Records the source deleted (retention) before the task read them.
     pub lost_source_retention: IntCounter,
+    /// Records of a source topic deleted (and created again) before the task copied them.
+    pub lost_source_topic_recreated: IntCounter,
     /// End-to-end latency of this task's flow.
     pub latency: Histogram,
 }
@@ -540,6 +542,12 @@ impl Metrics {
                 values[1],
                 values[2],
                 "source_retention",
+            ]),
+            lost_source_topic_recreated: self.records_lost.with_label_values(&[
+                values[0],
+                values[1],
+                values[2],
+                "source_topic_recreated",
             ]),
             latency: self.end_to_end_latency.with_label_values(&[flow]),
         }

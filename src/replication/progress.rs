@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::topics::identity::TopicId;
+
 /// How many sync points a task keeps at most.
 pub const MAX_SYNC_POINTS: usize = 256;
 /// How many of the newest sync points are always kept exactly (the dense window): groups positioned in the runs
@@ -79,6 +81,14 @@ pub struct Position {
     /// checkpoints written before it was recorded (adopted by the next run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The id of the source topic the offsets belong to: a topic deleted and created again under the same name has
+    /// another id, and the position says nothing about it. `None` until the task first read the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_topic_id: Option<TopicId>,
+    /// The source partition's end offset as last seen: what the source held when the task last moved, so records
+    /// of a topic deleted before they were copied can be counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_end: Option<i64>,
 }
 
 /// Source offsets `first..=last` that the source deleted before the task read them.
@@ -93,7 +103,15 @@ pub struct LostRange {
 impl Position {
     /// A position that starts replicating at `next_source_offset`, with no history.
     pub fn starting_at(next_source_offset: i64) -> Self {
-        Self { next_source_offset, next_target_offset: None, sync_points: Vec::new(), lost: Vec::new(), target: None }
+        Self {
+            next_source_offset,
+            next_target_offset: None,
+            sync_points: Vec::new(),
+            lost: Vec::new(),
+            target: None,
+            source_topic_id: None,
+            source_end: None,
+        }
     }
 
     /// Source record `source` was acknowledged by the target at offset `target`.

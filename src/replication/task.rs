@@ -6,7 +6,7 @@
 //! nothing is lost silently; the supervisor restarts the task from its checkpoint. Under exactly-once delivery the
 //! position moves only over records whose transaction committed ([`crate::replication::transaction`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::Message;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -26,6 +27,7 @@ use crate::replication::target::{Ack, AckSink, TargetProducer, TargetRecord};
 use crate::replication::throttle::Throttle;
 use crate::replication::transaction::{Enlistment, Entry, FlowTransactions, TransactionError};
 use crate::topics::discovery::TaskSpec;
+use crate::topics::identity::TopicId;
 use crate::topics::naming::PROVENANCE_HEADER;
 
 /// Records a task may have sent but not yet seen acknowledged. With acknowledgements arriving every few
@@ -131,11 +133,13 @@ pub enum TaskError {
         /// What was seen.
         detail: String,
     },
-    /// The source partition ends before the task's position: the topic was deleted and recreated, or truncated.
-    /// Reading the new partition from the old position would skip its records, so the task waits.
+    /// The source partition ends before the task's position: it was truncated (an unclean leader election), or
+    /// the topic was recreated on a cluster that does not report topic ids. Reading on from the old position would
+    /// skip records, so the task waits.
     #[error(
-        "source partition {topic}[{partition}] ends at offset {end}, before this task's position {position}: the topic \
-         was recreated or truncated; its checkpoint no longer applies (delete it to replicate the new topic from its start)"
+        "source partition {topic}[{partition}] ends at offset {end}, before this task's position {position}: the \
+         partition was truncated (unclean leader election) or the topic recreated without ferry seeing a new topic \
+         id; its checkpoint no longer applies (delete it to replicate the partition from its start)"
     )]
     SourceBehindPosition {
         /// Source topic.
@@ -167,6 +171,21 @@ pub enum TaskError {
         /// The next target offset the position recorded.
         expected: i64,
     },
+    /// The source topic was deleted and created again under the same name while the task read it; the task starts
+    /// over, and its next run replicates the new topic from its beginning.
+    #[error(
+        "source topic {topic} on cluster {cluster} was deleted and created again (topic id {before} is now {now})"
+    )]
+    SourceTopicRecreated {
+        /// Source cluster alias.
+        cluster: String,
+        /// Source topic.
+        topic: String,
+        /// The id the task's position belongs to.
+        before: TopicId,
+        /// The topic's id now.
+        now: TopicId,
+    },
     /// Exactly-once delivery cannot go on for now (the target refuses transactions, a transaction aborted, the
     /// producer was fenced); the task starts over from the committed position.
     #[error(transparent)]
@@ -184,7 +203,10 @@ impl TaskError {
     pub fn is_retriable(&self) -> bool {
         match self {
             TaskError::Rejected { error, .. } => crate::kafka::is_retriable(error),
-            TaskError::Attach(_) | TaskError::Unordered { .. } | TaskError::Transaction(_) => true,
+            TaskError::Attach(_)
+            | TaskError::Unordered { .. }
+            | TaskError::Transaction(_)
+            | TaskError::SourceTopicRecreated { .. } => true,
             TaskError::SourceBehindPosition { .. } | TaskError::TargetBehindPosition { .. } => false,
         }
     }
@@ -269,6 +291,8 @@ struct Replication<'a> {
     unpublished_bytes: u64,
     /// Latency observations not yet flushed into the flow's histogram (also in `publish`).
     latency: prometheus::local::LocalHistogram,
+    /// The ids of the flow's source topics, to notice this task's topic deleted and created again.
+    source_topic_ids: watch::Receiver<BTreeMap<String, TopicId>>,
 }
 
 impl Replication<'_> {
@@ -454,6 +478,10 @@ impl Replication<'_> {
         if self.pending.is_empty() {
             self.ctx.progress.mark_idle(now_ms());
         }
+        let id = &self.ctx.spec.id;
+        if let Some(end) = self.ctx.source.end_offset(&id.topic, id.partition) {
+            self.position.source_end = Some(end);
+        }
         let oldest_unacked = self.pending.front().and_then(|record| record.timestamp_ms);
         self.ctx.progress.publish(&self.position, oldest_unacked, self.last_acked_timestamp_ms);
     }
@@ -567,6 +595,7 @@ impl Replication<'_> {
     }
 
     async fn replicate(&mut self, queue: &PartitionQueue, stop: &CancellationToken) -> Result<(), TaskError> {
+        self.check_source_topic_id()?;
         let mut records = queue.stream();
         loop {
             let has_room = self.has_room();
@@ -580,6 +609,7 @@ impl Replication<'_> {
                 biased;
                 () = self.sink.take(&mut self.acks), if awaiting_acks => self.settle()?,
                 () = transaction_changed(&mut self.transaction) => self.settle()?,
+                () = topic_ids_changed(&mut self.source_topic_ids) => self.check_source_topic_id()?,
                 _ = stop.cancelled() => return Ok(()),
                 received = records.next(), if has_room => {
                     self.ctx.progress.mark_busy();
@@ -633,6 +663,19 @@ impl Replication<'_> {
             self.ctx.source.watermarks(&id.topic, id.partition).map_err(|error| TaskError::Attach(Box::new(error)))?;
         let next = self.next_fetch();
         if next > end {
+            // Most likely the topic was deleted and created again, before the periodic id check noticed.
+            if let (Some(now), Some(before)) =
+                (self.ctx.source.topic_id(&id.topic).await, self.position.source_topic_id.as_ref())
+            {
+                if now != *before {
+                    return Err(TaskError::SourceTopicRecreated {
+                        cluster: self.ctx.source.alias().to_owned(),
+                        topic: id.topic.to_string(),
+                        before: before.clone(),
+                        now,
+                    });
+                }
+            }
             return Err(TaskError::SourceBehindPosition {
                 topic: id.topic.to_string(),
                 partition: id.partition,
@@ -671,6 +714,26 @@ impl Replication<'_> {
             .restart_at(&id.topic, id.partition, from)
             .map_err(|error| TaskError::Attach(Box::new(error)))?;
         Ok(true)
+    }
+
+    /// Ends the task when its source topic now has another id than the one its position belongs to: the topic was
+    /// deleted and created again, and the next run starts the new topic from its beginning (see [`bind_to_source`]).
+    fn check_source_topic_id(&mut self) -> Result<(), TaskError> {
+        let id = &self.ctx.spec.id;
+        let Some(now) = self.source_topic_ids.borrow_and_update().get(&*id.topic).cloned() else { return Ok(()) };
+        match &self.position.source_topic_id {
+            Some(before) if *before != now => Err(TaskError::SourceTopicRecreated {
+                cluster: self.ctx.source.alias().to_owned(),
+                topic: id.topic.to_string(),
+                before: before.clone(),
+                now,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.position.source_topic_id = Some(now);
+                Ok(())
+            }
+        }
     }
 
     /// Whether records wait for the target: acknowledgements, and under exactly-once also commits.
@@ -766,6 +829,14 @@ async fn admit(transaction: &Option<Enlistment>, stop: &CancellationToken) -> Re
     }
 }
 
+/// Waits for the next change to the ids of the flow's source topics.
+async fn topic_ids_changed(ids: &mut watch::Receiver<BTreeMap<String, TopicId>>) {
+    if ids.changed().await.is_err() {
+        // The task holds the flow's source consumer, which holds the sender: never while the task runs.
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Waits for the next commit or abort of the task's bucket; never without exactly-once.
 async fn transaction_changed(transaction: &mut Option<Enlistment>) {
     match transaction {
@@ -781,15 +852,21 @@ async fn enlist(
     ctx: &TaskContext,
     transactions: &FlowTransactions,
     position: &mut Position,
+    source_recreated: bool,
     stop: &CancellationToken,
 ) -> Result<Option<Enlistment>, TaskError> {
     let enlistment = tokio::select! {
         biased;
         _ = stop.cancelled() => return Ok(None),
-        enlistment = transactions.enlist(&ctx.spec) => enlistment?,
+        enlistment = transactions.enlist(&ctx.spec, position.source_topic_id.clone(), source_recreated) => enlistment?,
     };
     check_target_end(ctx, position, enlistment.target_end)?;
-    if let Some(committed) = enlistment.committed_offset.filter(|offset| *offset > position.next_source_offset) {
+    if let Some(committed) = enlistment
+        .committed
+        .as_ref()
+        .map(|committed| committed.offset)
+        .filter(|offset| *offset > position.next_source_offset)
+    {
         info!(
             task = %ctx.spec.id,
             checkpoint = position.next_source_offset,
@@ -818,12 +895,49 @@ fn bind_to_target(ctx: &TaskContext, position: &mut Position) {
                 "the flow writes to another target now; its position belongs to the old one: replicating the \
                  partition to the new target from the source's beginning"
             );
+            let source_topic_id = position.source_topic_id.take();
             *position = Position::starting_at(0);
+            position.source_topic_id = source_topic_id;
         }
         None => {}
     }
     position.target = Some(target);
     ctx.progress.publish(position, None, None);
+}
+
+/// Binds the position to the source topic's id. A position in a topic since deleted and created again under the
+/// same name says nothing about the new topic: the new one is replicated from its beginning, and the records of the
+/// old one the task saw but never copied are counted as lost. `true` when the position was dropped for that reason.
+async fn bind_to_source(ctx: &TaskContext, position: &mut Position) -> bool {
+    let id = &ctx.spec.id;
+    // Unknown (the cluster cannot say now): the running task adopts the id once the flow's periodic check reads it.
+    let Some(current) = ctx.source.topic_id(&id.topic).await else { return false };
+    let recreated = match &position.source_topic_id {
+        Some(bound) if *bound == current => return false,
+        Some(bound) => {
+            let never_copied = position.source_end.map_or(0, |end| (end - position.next_source_offset).max(0));
+            ctx.metrics.lost_source_topic_recreated.inc_by(u64::try_from(never_copied).unwrap_or(0));
+            warn!(
+                task = %id,
+                before = %bound,
+                now = %current,
+                position = position.next_source_offset,
+                last_seen_end = position.source_end,
+                never_copied,
+                "the source topic was deleted and created again (its topic id changed): the old topic's position and \
+                 sync points are dropped and the new topic is replicated from its beginning; records of the old topic \
+                 never copied are counted in ferry_records_lost_total"
+            );
+            let target = position.target.take();
+            *position = Position::starting_at(0);
+            position.target = target;
+            true
+        }
+        None => false,
+    };
+    position.source_topic_id = Some(current);
+    ctx.progress.publish(position, None, None);
+    recreated
 }
 
 /// Runs the task until `stop` fires (returns `Ok`) or a record cannot be replicated (returns the error).
@@ -832,8 +946,9 @@ pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), Ta
     ctx.target = ctx.target.current();
     let mut position = ctx.progress.position();
     bind_to_target(&ctx, &mut position);
+    let source_recreated = bind_to_source(&ctx, &mut position).await;
     let transaction = match &ctx.transactions {
-        Some(transactions) => match enlist(&ctx, transactions, &mut position, &stop).await? {
+        Some(transactions) => match enlist(&ctx, transactions, &mut position, source_recreated, &stop).await? {
             Some(enlistment) => Some(enlistment),
             None => return Ok(()),
         },
@@ -864,6 +979,7 @@ pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), Ta
         unpublished_records: 0,
         unpublished_bytes: 0,
         latency: ctx.metrics.latency.local(),
+        source_topic_ids: ctx.source.topic_ids(),
     };
     let result = match replication.replicate(&queue, &stop).await {
         Ok(()) => replication.drain().await,

@@ -31,6 +31,7 @@ use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIM
 use crate::ops::metrics::{Metrics, TransactionMetrics};
 use crate::replication::target::TargetProducer;
 use crate::topics::discovery::TaskSpec;
+use crate::topics::identity::TopicId;
 
 /// How long one transaction call (init, commit, abort, offsets) may take before it is retried or reported.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,6 +127,9 @@ struct Outcome {
 struct Slot {
     target_topic: String,
     partition: i32,
+    /// The source topic's id, committed with the frontier: a frontier in a topic since deleted and created again
+    /// must not be taken for a position in the new one.
+    source_topic_id: Option<TopicId>,
     /// The source offset after everything the task added to a transaction (records sent, offsets passed); written
     /// under the gate.
     frontier: AtomicI64,
@@ -229,8 +233,16 @@ impl FlowTransactions {
     }
 
     /// Joins the task to its bucket (opening the bucket, and so fencing any earlier instance of it, if this member
-    /// has not yet) and reads the position the last committed transaction left for it.
-    pub async fn enlist(&self, spec: &TaskSpec) -> Result<Enlistment, TransactionError> {
+    /// has not yet) and reads the position the last committed transaction left for it. `source_topic_id` is the id
+    /// of the source topic the task reads, committed with its frontiers; a committed position of another topic of
+    /// the same name (deleted and created again) is not the task's, nor one committed without an id when
+    /// `source_recreated` says the topic was just found recreated.
+    pub async fn enlist(
+        &self,
+        spec: &TaskSpec,
+        source_topic_id: Option<TopicId>,
+        source_recreated: bool,
+    ) -> Result<Enlistment, TransactionError> {
         let number = bucket_of(&spec.id.topic, spec.id.partition, self.buckets);
         let cell = self.cells.lock().expect("bucket cells lock poisoned").entry(number).or_default().clone();
         let mut open = cell.lock().await;
@@ -274,6 +286,7 @@ impl FlowTransactions {
         let slot = Arc::new(Slot {
             target_topic: spec.target_topic.clone(),
             partition: spec.id.partition,
+            source_topic_id: source_topic_id.clone(),
             frontier: AtomicI64::new(i64::MIN),
             committed: AtomicI64::new(i64::MIN),
             aborted: AtomicBool::new(false),
@@ -282,7 +295,7 @@ impl FlowTransactions {
         bucket.slots.lock().expect("bucket slots lock poisoned").push(slot.clone());
         drop(open);
 
-        let (committed_offset, target_end) = match self.read_position(spec).await {
+        let (committed, target_end) = match self.read_position(spec).await {
             Ok(read) => read,
             Err(error) => {
                 // The slot holds nothing yet: let it go, or the task's next run would wait for it for ever.
@@ -291,11 +304,29 @@ impl FlowTransactions {
                 return Err(error);
             }
         };
-        if let Some(committed) = committed_offset {
-            slot.frontier.store(committed, Ordering::Release);
-            slot.committed.store(committed, Ordering::Release);
+        let same_topic = |committed: &CommittedPosition| match (&committed.source_topic_id, &source_topic_id) {
+            (Some(committed), Some(current)) => committed == current,
+            // Committed by a version that did not record the id.
+            (None, _) => !source_recreated,
+            (Some(_), None) => true,
+        };
+        let committed = match committed {
+            Some(stale) if !same_topic(&stale) => {
+                info!(
+                    task = %spec.id,
+                    committed = stale.offset,
+                    "the target's committed transactions recorded a position in an earlier topic of the same name; \
+                     ignored"
+                );
+                None
+            }
+            committed => committed,
+        };
+        if let Some(committed) = &committed {
+            slot.frontier.store(committed.offset, Ordering::Release);
+            slot.committed.store(committed.offset, Ordering::Release);
         }
-        Ok(Enlistment { outcome: bucket.outcome.subscribe(), bucket, slot, committed_offset, target_end })
+        Ok(Enlistment { outcome: bucket.outcome.subscribe(), bucket, slot, committed, target_end })
     }
 
     fn failed(&self, bucket: &Bucket, reason: &str) -> TransactionError {
@@ -361,20 +392,23 @@ impl FlowTransactions {
         })
     }
 
-    /// The source offset the position group holds for the task's target partition, and that partition's end.
-    async fn read_position(&self, spec: &TaskSpec) -> Result<(Option<i64>, i64), TransactionError> {
+    /// The source position the position group holds for the task's target partition, and that partition's end.
+    async fn read_position(&self, spec: &TaskSpec) -> Result<(Option<CommittedPosition>, i64), TransactionError> {
         let positions = self.shared.positions.clone();
         let (topic, partition) = (spec.target_topic.clone(), spec.id.partition);
         let result = tokio::task::spawn_blocking(move || {
             let mut wanted = TopicPartitionList::new();
             wanted.add_partition(&topic, partition);
             let committed = positions.committed_offsets(wanted, REQUEST_TIMEOUT)?;
-            let offset = committed.find_partition(&topic, partition).and_then(|entry| match entry.offset() {
-                Offset::Offset(offset) => Some(offset),
+            let position = committed.find_partition(&topic, partition).and_then(|entry| match entry.offset() {
+                Offset::Offset(offset) => Some(CommittedPosition {
+                    offset,
+                    source_topic_id: entry.metadata().strip_prefix(SOURCE_TOPIC_ID_METADATA).map(TopicId::from),
+                }),
                 _ => None,
             });
             let (_, end) = positions.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
-            Ok((offset, end))
+            Ok((position, end))
         })
         .await
         .unwrap_or(Err(KafkaError::Canceled));
@@ -389,13 +423,25 @@ impl FlowTransactions {
     }
 }
 
+/// The source position a committed transaction recorded for a task's partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedPosition {
+    /// The next source offset.
+    pub offset: i64,
+    /// The id of the source topic the offset belongs to; `None` when committed by a version that did not record it.
+    pub source_topic_id: Option<TopicId>,
+}
+
+/// Prefix of the offset metadata that carries the source topic's id.
+const SOURCE_TOPIC_ID_METADATA: &str = "source_topic_id=";
+
 /// A task's membership of its bucket; leaving it (drop) lets the bucket commit what the task left and forget it.
 pub struct Enlistment {
     bucket: Arc<Bucket>,
     slot: Arc<Slot>,
     outcome: watch::Receiver<Outcome>,
-    /// The source offset the last committed transaction recorded for this task's partition, if any.
-    pub committed_offset: Option<i64>,
+    /// The source position the last committed transaction recorded for this task's partition, if any.
+    pub committed: Option<CommittedPosition>,
     /// The target partition's end offset when the task joined.
     pub target_end: i64,
 }
@@ -404,7 +450,7 @@ impl std::fmt::Debug for Enlistment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enlistment")
             .field("transactional_id", &self.bucket.transactional_id)
-            .field("committed_offset", &self.committed_offset)
+            .field("committed", &self.committed)
             .finish_non_exhaustive()
     }
 }
@@ -547,9 +593,11 @@ async fn commit(bucket: &Bucket, shared: &FlowShared) -> bool {
     for slot in &slots {
         let frontier = slot.frontier.load(Ordering::Acquire);
         if !slot.aborted.load(Ordering::Acquire) && frontier > slot.committed.load(Ordering::Acquire) {
-            offsets
-                .add_partition_offset(&slot.target_topic, slot.partition, Offset::Offset(frontier))
-                .expect("an absolute offset is always valid");
+            let mut entry = offsets.add_partition(&slot.target_topic, slot.partition);
+            entry.set_offset(Offset::Offset(frontier)).expect("an absolute offset is always valid");
+            if let Some(id) = &slot.source_topic_id {
+                entry.set_metadata(format!("{SOURCE_TOPIC_ID_METADATA}{id}"));
+            }
             carried.push((slot.clone(), frontier));
         }
     }
@@ -737,12 +785,12 @@ mod tests {
             RDKafkaApiKey::OffsetFetch,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
         );
-        assert!(matches!(transactions.enlist(&spec).await, Err(TransactionError::Positions { .. })));
+        assert!(matches!(transactions.enlist(&spec, None, false).await, Err(TransactionError::Positions { .. })));
         mock.clear_request_errors(RDKafkaApiKey::OffsetFetch);
         // The next run is not kept waiting for a slot the failed one never used.
-        let again = tokio::time::timeout(Duration::from_secs(10), transactions.enlist(&spec)).await;
+        let again = tokio::time::timeout(Duration::from_secs(10), transactions.enlist(&spec, None, false)).await;
         let enlisted = again.expect("joined without waiting").expect("joined");
-        assert_eq!(enlisted.committed_offset, None);
+        assert_eq!(enlisted.committed, None);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! replica or internal, so no flow copies a copy (no loops in active-active pairs).
 //!
 //! Layout: [`naming`] (remote names, what never replicates), [`discovery`] (wanted tasks from source metadata),
-//! [`sync`] (target topics created and kept in step), [`admin`] (metadata and admin requests to one cluster).
+//! [`sync`] (target topics created and kept in step), [`admin`] (metadata and admin requests to one cluster),
+//! [`identity`] (topic ids: a topic deleted and created again is another topic).
 
 pub mod admin;
 pub mod discovery;
+pub mod identity;
 pub mod naming;
 pub mod sync;

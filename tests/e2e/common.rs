@@ -348,6 +348,15 @@ impl Ferry {
 
 impl Drop for Ferry {
     fn drop(&mut self) {
+        // A failed test shows what ferry was doing, without having to rerun it with FERRY_TEST_ECHO.
+        if std::thread::panicking() && std::env::var_os("FERRY_TEST_ECHO").is_none() {
+            let logs = self.logs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tail = logs.len().saturating_sub(300);
+            eprintln!("--- last {} lines of ferry's log ({}) ---", logs.len() - tail, self.http);
+            for line in &logs[tail..] {
+                eprintln!("ferry: {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -398,20 +407,23 @@ flows:
     )
 }
 
+/// The stored checkpoints of a flow in the file store, as JSON: (topic, partition) -> checkpoint.
+pub fn stored_checkpoints(state_dir: &Path, flow: &str) -> BTreeMap<(String, i32), serde_json::Value> {
+    let Ok(bytes) = std::fs::read(state_dir.join(format!("{flow}.json"))) else { return BTreeMap::new() };
+    let mut file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    file["tasks"]
+        .as_array_mut()
+        .unwrap()
+        .drain(..)
+        .map(|task| ((task["topic"].as_str().unwrap().to_owned(), task["partition"].as_i64().unwrap() as i32), task))
+        .collect()
+}
+
 /// The stored checkpoints of a flow in the file store: (topic, partition) -> next source offset.
 pub fn stored_positions(state_dir: &Path, flow: &str) -> BTreeMap<(String, i32), i64> {
-    let Ok(bytes) = std::fs::read(state_dir.join(format!("{flow}.json"))) else { return BTreeMap::new() };
-    let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    file["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|task| {
-            (
-                (task["topic"].as_str().unwrap().to_owned(), task["partition"].as_i64().unwrap() as i32),
-                task["next_source_offset"].as_i64().unwrap(),
-            )
-        })
+    stored_checkpoints(state_dir, flow)
+        .into_iter()
+        .map(|(task, checkpoint)| (task, checkpoint["next_source_offset"].as_i64().unwrap()))
         .collect()
 }
 
@@ -587,14 +599,28 @@ pub fn feed_slowly(
 /// Reads the target until it holds, for read_committed readers, exactly `expected` on every partition; fails at once
 /// when a partition holds more (a duplicate can never go away).
 pub async fn wait_exactly_once(bootstrap: &str, topic: &str, expected: &[Vec<Record>], timeout: Duration) {
-    let done = || {
-        expected.iter().enumerate().all(|(partition, expected)| {
-            let count = read_committed(bootstrap, topic, partition as i32).0.len();
-            assert!(count <= expected.len(), "{topic}[{partition}]: {count} records read, {} expected", expected.len());
-            count == expected.len()
-        })
-    };
-    wait_for("every source record committed on the target", timeout, || done().then_some(())).await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let counts: Vec<usize> =
+            (0..expected.len()).map(|partition| read_committed(bootstrap, topic, partition as i32).0.len()).collect();
+        for (partition, (count, expected)) in counts.iter().zip(expected).enumerate() {
+            assert!(
+                *count <= expected.len(),
+                "{topic}[{partition}]: {count} records read, {} expected",
+                expected.len()
+            );
+        }
+        if counts.iter().zip(expected).all(|(count, expected)| *count == expected.len()) {
+            break;
+        }
+        let wanted: Vec<usize> = expected.iter().map(Vec::len).collect();
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for every source record committed on {topic}: \
+             read_committed counts per partition {counts:?}, expected {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     for (partition, expected) in expected.iter().enumerate() {
         assert_exactly_once(bootstrap, topic, partition as i32, expected);
     }

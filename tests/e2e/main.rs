@@ -20,6 +20,7 @@ mod reload;
 mod restart;
 mod runtime_topics;
 mod shutdown;
+mod source_recreated;
 mod source_retention;
 mod target_outage;
 mod target_recreated;
