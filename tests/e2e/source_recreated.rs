@@ -186,3 +186,49 @@ fn old_records_copied(
     }
     Ok(copied_of_old)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_topic_recreated_while_ferry_is_stopped_is_replicated_from_its_beginning() {
+    let env = test_env!();
+    let topic = unique("recreated-stopped");
+    let flow = unique("rec");
+    let state = tempfile::tempdir().unwrap();
+    let producer = producer(&env.source);
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let records: Vec<Record> = (0..100).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    produce(&producer, &topic, 0, &records).await;
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
+    wait_for("the partition checkpointed at 100", Duration::from_secs(60), || {
+        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&100)).then_some(())
+    })
+    .await;
+    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{logs}");
+
+    // Deleted and created again with 10 new records at offsets 0..9, all before the old position: read from the old
+    // position they would all be skipped.
+    let topic_ref = topic.as_str();
+    let results = admin(&env.source).delete_topics(&[topic_ref], &AdminOptions::new()).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    wait_for("the topic gone", Duration::from_secs(30), || (!listed(&env.source, &topic)).then_some(())).await;
+    create_topic(&env.source, &topic, 1, &[]).await;
+    let new_records: Vec<Record> = (1_000..1_010).map(|seq| Record::numbered(&topic, 0, seq)).collect();
+    produce(&producer, &topic, 0, &new_records).await;
+
+    let ferry = Ferry::start_with(state.path().join("ferry.yaml"), free_port(), &[]);
+    let expected: Vec<String> = records.iter().chain(&new_records).map(Record::id).collect();
+    wait_for("the new topic replicated after the old one", Duration::from_secs(60), || {
+        (target_ids(&env, &topic, 0) == expected).then_some(())
+    })
+    .await;
+    wait_for("the new topic checkpointed", Duration::from_secs(30), || {
+        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&10)).then_some(())
+    })
+    .await;
+    let logs = ferry.logs();
+    assert!(logs.contains("the source topic was deleted and created again"), "{logs}");
+    // Everything of the old topic was copied before it went: nothing to count.
+    let lost = ferry.metric("ferry_records_lost_total", &[("flow", &flow), ("topic", &topic)]);
+    assert_eq!(lost, Some(0.0), "nothing of the old topic was lost");
+    assert_eq!(ferry.metric("ferry_tasks", &[("flow", &flow), ("state", "paused")]), Some(0.0));
+}

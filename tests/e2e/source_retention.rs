@@ -89,47 +89,6 @@ async fn records_deleted_by_the_source_before_ferry_copied_them_are_counted_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recreated_source_topic_pauses_its_tasks_instead_of_skipping_the_new_records() {
-    let env = test_env!();
-    let topic = unique("recreated");
-    let flow = unique("rec");
-    let state = tempfile::tempdir().unwrap();
-    let producer = producer(&env.source);
-    create_topic(&env.source, &topic, 1, &[]).await;
-    let records: Vec<Record> = (0..100).map(|seq| Record::numbered(&topic, 0, seq)).collect();
-    produce(&producer, &topic, 0, &records).await;
-    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
-    wait_for("the partition checkpointed at 100", Duration::from_secs(60), || {
-        (stored_positions(state.path(), &flow).get(&(topic.clone(), 0)) == Some(&100)).then_some(())
-    })
-    .await;
-    let (status, _, logs) = ferry.terminate(Duration::from_secs(30));
-    assert!(status.success(), "{logs}");
-
-    // The topic is deleted and created again with 10 new records: offsets 0..9, all before the checkpoint.
-    admin(&env.source).delete_topics(&[&topic], &AdminOptions::new()).await.unwrap();
-    wait_for("the topic gone", Duration::from_secs(30), || (partition_count(&env.source, &topic) == 0).then_some(()))
-        .await;
-    create_topic(&env.source, &topic, 1, &[]).await;
-    let new_records: Vec<Record> = (1_000..1_010).map(|seq| Record::numbered(&topic, 0, seq)).collect();
-    produce(&producer, &topic, 0, &new_records).await;
-
-    let ferry = Ferry::start_with(state.path().join("ferry.yaml"), free_port(), &[]);
-    wait_for("the task paused with the reason logged", Duration::from_secs(60), || {
-        let paused = ferry.metric("ferry_tasks", &[("flow", &flow), ("state", "paused")])?;
-        (paused == 1.0 && ferry.logs().contains("was recreated or truncated")).then_some(())
-    })
-    .await;
-    assert_eq!(stored_positions(state.path(), &flow).get(&(topic.clone(), 0)), Some(&100), "the position stays");
-    assert_eq!(end_offset(&env.target, &format!("src.{topic}"), 0), 100, "nothing of the new topic was mixed in");
-    assert_eq!(
-        ferry.metric("ferry_records_lost_total", &[("flow", &flow), ("topic", &topic)]),
-        Some(0.0),
-        "a recreated topic is not counted as retention loss"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_overtaking_a_running_lagging_task_is_counted_exactly() {
     let env = test_env!();
     let topic = unique("overtaken");
