@@ -252,6 +252,19 @@ impl Member {
             error!(%join_error, "supervisor panicked during shutdown");
         }
         while components.join_next().await.is_some() {}
+        // Before the final checkpoint: it covers what the target acknowledged, and nothing may arrive after it.
+        let producers: Vec<TargetProducer> = lock(&shared.clients).producers.values().cloned().collect();
+        for producer in producers {
+            let purged = producer.purge_unacknowledged();
+            if purged > 0 {
+                warn!(
+                    cluster = producer.alias(),
+                    purged,
+                    "records not acknowledged by the drain timeout were purged; they are replicated again from the \
+                     final checkpoint, and any that reached the target anyway are counted as duplicates then"
+                );
+            }
+        }
         match checkpointer.flush().await {
             Ok(written) => info!(changed_tasks = written, "final checkpoint written"),
             Err(error) => error!(%error, "final checkpoint failed; a restart resumes from the previous one"),
@@ -261,12 +274,6 @@ impl Member {
             // After the final checkpoint: the tasks' next owners start where this member stopped.
             if let Err(error) = membership.leave(etcd).await {
                 warn!(%error, "cannot revoke the member lease; its tasks move when it expires");
-            }
-        }
-        let producers: Vec<TargetProducer> = lock(&shared.clients).producers.values().cloned().collect();
-        for producer in producers {
-            if let Err(error) = producer.flush(Duration::from_secs(2)).await {
-                warn!(cluster = producer.alias(), %error, "producer flush at exit failed");
             }
         }
         http_shutdown.cancel();

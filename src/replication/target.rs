@@ -10,12 +10,11 @@
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
 
 use crate::config::ClusterConfig;
@@ -271,11 +270,15 @@ impl TargetProducer {
             .map_err(|_| rdkafka::error::KafkaError::Canceled)?
     }
 
-    /// Waits until everything sent was acknowledged, or `timeout` passed.
-    pub async fn flush(&self, timeout: Duration) -> Result<(), rdkafka::error::KafkaError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+    /// Drops every record the producer still holds (queued, or in flight with the answer not yet read) and returns
+    /// how many there were: a member that stopped and wrote its final checkpoint must not deliver records later,
+    /// behind the back of the partitions' next owners. Records already on their way may still land; the next owner
+    /// counts them as duplicates when it starts.
+    pub fn purge_unacknowledged(&self) -> i32 {
+        let held = self.producer.in_flight_count();
+        if held > 0 {
+            self.producer.purge(PurgeConfig::default().queue().inflight());
+        }
+        held
     }
 }

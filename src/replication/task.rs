@@ -745,15 +745,19 @@ impl Replication<'_> {
         }
     }
 
-    /// Waits (up to the drain timeout) for what is in flight (under exactly-once: for the commit of the task's
-    /// records), so the last checkpoint covers it.
+    /// Waits for what is in flight, so the last checkpoint covers it. Under exactly-once it waits up to the drain
+    /// timeout for the commit of the task's records (an uncommitted transaction is aborted or fenced, never
+    /// delivered later). Under at-least-once it waits until the producer has resolved every record it holds for
+    /// the task, however long that takes: records left queued would be delivered later, behind the back of the
+    /// partition's next owner, out of order and uncounted. When the whole member stops, the supervisor ends the
+    /// wait at the drain timeout and the member purges its producers before writing its final checkpoint.
     async fn drain(&mut self) -> Result<(), TaskError> {
         if !self.refused {
             self.settle()?;
             if let Some(transaction) = &self.transaction {
                 transaction.request_commit();
             }
-            let deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;
+            let mut deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;
             while self.unsettled() {
                 let awaiting_acks = self.unacknowledged > self.held.len();
                 let settled = tokio::time::timeout_at(deadline, async {
@@ -764,14 +768,23 @@ impl Replication<'_> {
                 });
                 match settled.await {
                     Ok(()) => self.settle()?,
-                    Err(_) => {
+                    Err(_) if self.transaction.is_some() => {
                         warn!(
                             task = %self.ctx.spec.id,
                             unsettled = self.pending.len(),
-                            "stopping with records not yet acknowledged (or their transaction not yet committed); \
-                             they are replicated again from the checkpoint, or committed with their position"
+                            "stopping before the transaction holding the task's last records committed; they are \
+                             committed with their position, or aborted and replicated again"
                         );
                         break;
+                    }
+                    Err(_) => {
+                        warn!(
+                            task = %self.ctx.spec.id,
+                            unacknowledged = self.unacknowledged,
+                            "still waiting for the target to acknowledge the task's last records; the partition is \
+                             handed over once they are resolved, so none is delivered behind its next owner's back"
+                        );
+                        deadline += self.ctx.drain_timeout;
                     }
                 }
             }

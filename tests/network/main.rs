@@ -22,6 +22,7 @@ mod fleet_support;
 mod toxiproxy;
 
 mod etcd;
+mod handover;
 mod kafka;
 mod kafka_behind_proxy;
 mod proxy;
