@@ -21,10 +21,11 @@ ARG FERRY_BINARY=builder
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 # protoc and the well-known .proto files for etcd-client; headers for openssl-sys and libz-sys; make and perl for
-# librdkafka's and jemalloc's own builds.
+# librdkafka's and jemalloc's own builds, and g++: librdkafka's configure refuses to run without a C++ compiler
+# (its `make libs` builds the C++ wrapper too).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        protobuf-compiler libprotobuf-dev libssl-dev zlib1g-dev pkg-config make perl \
+        protobuf-compiler libprotobuf-dev libssl-dev zlib1g-dev pkg-config make perl g++ \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
