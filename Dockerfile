@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # ferry's container image: the `ferry` binary, the shared libraries it loads, CA certificates and a passwd entry for
-# uid/gid 65532; no shell, no package manager. Why it is built this way: docs/adr/0024-container-image.md.
+# uid/gid 65532; no shell, no package manager. Why it is built this way: docs/adr/0025-container-image.md.
 #
 #   docker build -t ferry .     compiles ferry in the Rust builder stage below (what a CI with network access runs)
 #   scripts/image build         here, with no registry: packages the binary of `cargo build --release` instead
