@@ -300,6 +300,80 @@ fn probes_use_healthz_and_readyz_on_the_metrics_port() {
     }
 }
 
+/// The instructions of the Dockerfile's final stage (the image that runs), as (KEYWORD, arguments): continuation
+/// lines joined and comment lines dropped, as Docker's parser does.
+fn dockerfile_final_stage() -> Vec<(String, String)> {
+    let path = root().join("Dockerfile");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (keyword, rest) = current.split_once(char::is_whitespace).unwrap_or((current.as_str(), ""));
+                instructions.push((keyword.to_ascii_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    let last_from = instructions.iter().rposition(|(k, _)| k == "FROM").expect("the Dockerfile has a FROM");
+    instructions.split_off(last_from)
+}
+
+/// The one `keyword` instruction of the final stage, in exec (JSON array) form: the image has no shell to run the
+/// shell form.
+fn dockerfile_exec_form(stage: &[(String, String)], keyword: &str) -> Vec<String> {
+    let found: Vec<&String> = stage.iter().filter(|(k, _)| k == keyword).map(|(_, args)| args).collect();
+    assert_eq!(found.len(), 1, "the Dockerfile's final stage should have exactly one {keyword}: {found:?}");
+    serde_json::from_str(found[0]).unwrap_or_else(|e| {
+        panic!(
+            "the Dockerfile's {keyword} {} is not in exec form (a JSON array; the image has no shell): {e}",
+            found[0]
+        )
+    })
+}
+
+#[test]
+fn the_pod_runs_the_images_entrypoint_and_cmd_as_the_images_user() {
+    let stage = dockerfile_final_stage();
+    let entrypoint = dockerfile_exec_form(&stage, "ENTRYPOINT");
+    let cmd = dockerfile_exec_form(&stage, "CMD");
+    let users: Vec<&String> = stage.iter().filter(|(k, _)| k == "USER").map(|(_, args)| args).collect();
+    assert_eq!(users.len(), 1, "the Dockerfile's final stage should set USER once: {users:?}");
+    let (uid, gid) = users[0].split_once(':').expect("USER is uid:gid");
+    for (name, docs) in renders() {
+        let workload = workload(&docs);
+        let container = ferry_container(workload);
+        let strings = |key: &str| -> Vec<String> {
+            let list = container[key].as_array().unwrap_or_else(|| panic!("{name}: the ferry container sets {key}"));
+            list.iter().map(|v| v.as_str().expect("a string").to_owned()).collect()
+        };
+        // `command` replaces the image's ENTRYPOINT and `args` its CMD: the pod runs what the image would.
+        assert_eq!(strings("command"), entrypoint, "{name}: command = the Dockerfile's ENTRYPOINT");
+        assert_eq!(strings("args"), cmd, "{name}: args = the Dockerfile's CMD");
+        let security = &pod_spec(workload)["securityContext"];
+        assert_eq!(security["runAsUser"].to_string(), uid, "{name}: runAsUser = the Dockerfile's USER");
+        assert_eq!(security["runAsGroup"].to_string(), gid, "{name}: runAsGroup = the Dockerfile's USER");
+    }
+}
+
+#[test]
+fn the_default_image_is_the_one_scripts_image_builds() {
+    let docs = default_render();
+    let image = ferry_container(workload(&docs))["image"].as_str().expect("image").to_owned();
+    // scripts/image build tags localhost/ferry:<version in Cargo.toml>; the chart's tag defaults to its appVersion.
+    assert_eq!(image, format!("localhost/ferry:{}", env!("CARGO_PKG_VERSION")), "bump appVersion in Chart.yaml");
+}
+
 #[test]
 fn config_is_mounted_at_etc_ferry_from_the_configmap_and_passes_check_config() {
     for (name, docs) in renders() {

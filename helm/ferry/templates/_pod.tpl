@@ -32,6 +32,10 @@ spec:
     - name: ferry
       image: {{ include "ferry.image" . | quote }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
+      # The image's ENTRYPOINT and CMD, spelled out so that an image built otherwise (without that ENTRYPOINT) runs
+      # ferry too; tests/chart.rs keeps both equal to the repository's Dockerfile.
+      command:
+        - ferry
       args:
         - run
         - --config
