@@ -1,7 +1,8 @@
 //! Lag, readiness and `/status`, refreshed every second from the tasks' positions and the sources' end offsets.
 //!
-//! Invariant: `/readyz` says ready only after discovery has had a complete look at the clusters and the member is
-//! not waiting for the fleet.
+//! Invariant: `/readyz` says ready only after discovery has had a complete look at the clusters, the discovery this
+//! member runs (as the controller, or the only member) reported no problem, and the member is not waiting for the
+//! fleet; when not, it says why, with the clusters' own errors where discovery has them.
 
 use std::sync::{Arc, RwLock};
 
@@ -58,8 +59,10 @@ pub(super) async fn report_status(
                 })
             } else if !discovered.ever_complete {
                 Some(with_problems("no complete look at the clusters yet", &problems))
-            } else if !discovered.complete || !problems.is_empty() {
+            } else if !discovered.complete {
                 Some(with_problems("a cluster did not answer the last discovery", &problems))
+            } else if !problems.is_empty() {
+                Some(with_problems("the last discovery found problems", &problems))
             } else {
                 None
             };
