@@ -2,9 +2,11 @@
 //! the cluster's alias, and the classification of Kafka errors.
 //!
 //! Invariant: user `client` properties always win over ferry's defaults, and every log line or error a client
-//! emits names the cluster alias it belongs to.
+//! emits names the cluster alias it belongs to and shows none of the cluster's secret values.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -37,17 +39,25 @@ impl ClientError {
     /// librdkafka's refusal to create a client of cluster `alias`, with the cluster's secret values taken out of its
     /// text: librdkafka quotes the values it rejects, and a secret must never reach a log.
     pub fn create(alias: &str, cluster: &ClusterConfig, source: &KafkaError) -> Self {
-        let message = match cluster.client_properties(alias) {
-            Ok(properties) => {
-                let secrets =
-                    properties.iter().filter(|(_, value)| value.is_sensitive()).map(|(_, value)| value.expose());
-                crate::config::redact_secrets(&source.to_string(), secrets)
-            }
+        let message = match cluster_secrets(alias, cluster) {
+            Some(secrets) => crate::config::redact_secrets(&source.to_string(), secrets.iter().map(String::as_str)),
             // The secrets cannot be read again to take them out: show nothing of librdkafka's text.
-            Err(_) => "librdkafka's reason is withheld (the cluster's secrets cannot be read to redact it)".to_owned(),
+            None => "librdkafka's reason is withheld (the cluster's secrets cannot be read to redact it)".to_owned(),
         };
         ClientError::Create { cluster: alias.to_owned(), message }
     }
+}
+
+/// The values of the cluster's sensitive client properties, or `None` when they cannot be read.
+fn cluster_secrets(alias: &str, cluster: &ClusterConfig) -> Option<Vec<String>> {
+    let properties = cluster.client_properties(alias).ok()?;
+    Some(
+        properties
+            .iter()
+            .filter(|(_, value)| value.is_sensitive())
+            .map(|(_, value)| value.expose().to_owned())
+            .collect(),
+    )
 }
 
 /// The role a client plays, which decides ferry's default properties.
@@ -109,7 +119,11 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
                 // copied to the target topic); let the target broker decide.
                 .set("message.max.bytes", "67108864");
         }
-        Role::Admin => {}
+        Role::Admin => {
+            // Asking the metadata of one named topic must never create it on a broker that auto-creates topics
+            // (librdkafka's default for this client type would allow it).
+            config.set("allow.auto.create.topics", "false");
+        }
     }
     for (key, value) in cluster.client_properties(alias)? {
         config.set(key, value.expose());
@@ -118,28 +132,55 @@ pub fn client_config(alias: &str, cluster: &ClusterConfig, role: Role) -> Result
     Ok(config)
 }
 
-/// Client context that logs librdkafka's errors and logs under the cluster alias and counts them.
+/// The last error a client of each cluster reported, by alias, redacted. Shared by all clients of a cluster: the
+/// consumers and producers report errors, while an admin client's go to a queue rust-rdkafka never polls.
+static LAST_ERRORS: LazyLock<Mutex<BTreeMap<String, (Instant, String)>>> = LazyLock::new(Mutex::default);
+
+/// The last error librdkafka reported for a client of cluster `alias` (an authentication or TLS failure, an
+/// unreachable broker), redacted, if it came within `recent`: a failed request's own error only says that it failed.
+pub fn recent_client_error(alias: &str, recent: Duration) -> Option<String> {
+    let last = LAST_ERRORS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    last.get(alias).filter(|(at, _)| at.elapsed() <= recent).map(|(_, text)| text.clone())
+}
+
+/// Client context that logs librdkafka's errors and logs under the cluster alias, counts the errors and keeps the
+/// last one (see [`recent_client_error`]), with the cluster's secret values taken out of every text.
 #[derive(Clone)]
 pub struct ClusterContext {
     alias: String,
     errors: prometheus::IntCounter,
+    /// Sensitive property values of the cluster; `None` when they could not be read (then librdkafka's texts are
+    /// withheld: the client could not be built from such a config anyway).
+    secrets: Option<Arc<[String]>>,
 }
 
 impl ClusterContext {
-    /// A context for clients of cluster `alias`.
-    pub fn new(alias: &str, metrics: &Metrics) -> Self {
-        Self { alias: alias.to_owned(), errors: metrics.cluster(alias).client_errors }
+    /// A context for clients of cluster `alias` (configured as `cluster`).
+    pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Self {
+        Self {
+            alias: alias.to_owned(),
+            errors: metrics.cluster(alias).client_errors,
+            secrets: cluster_secrets(alias, cluster).map(Arc::from),
+        }
     }
 
     /// The cluster alias.
     pub fn alias(&self) -> &str {
         &self.alias
     }
+
+    fn redact(&self, text: &str) -> String {
+        match &self.secrets {
+            Some(secrets) => crate::config::redact_secrets(text, secrets.iter().map(String::as_str)),
+            None => "librdkafka's text is withheld (the cluster's secrets cannot be read to redact it)".to_owned(),
+        }
+    }
 }
 
 impl ClientContext for ClusterContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let cluster = self.alias.as_str();
+        let message = self.redact(message);
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 error!(cluster, facility, "librdkafka: {message}")
@@ -152,7 +193,18 @@ impl ClientContext for ClusterContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.inc();
+        let reason = self.redact(reason);
+        // "1/1 brokers are down" follows every failed connection and would hide the failure that says why.
+        let explains = error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown);
+        let error = self.redact(&error.to_string());
         warn!(cluster = self.alias.as_str(), %error, "Kafka client error: {reason}");
+        if !explains {
+            return;
+        }
+        LAST_ERRORS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(self.alias.clone(), (Instant::now(), reason));
     }
 }
 
@@ -201,6 +253,28 @@ mod tests {
         let piece = KafkaError::ClientCreation("mechanism from second-part refused".to_owned());
         let error = ClientError::create("us-east", &cluster, &piece).to_string();
         assert!(!error.contains("second-part") && error.contains("withheld"), "{error}");
+    }
+
+    #[test]
+    fn client_errors_are_kept_per_cluster_without_secrets() {
+        let cluster: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "bootstrap_servers": "127.0.0.1:1",
+            "client": { "sasl.username": "alice", "sasl.password": "hunter2-inline" }
+        }))
+        .unwrap();
+        let context = ClusterContext::new("errors-kept", &cluster, &Metrics::new(false));
+        assert_eq!(recent_client_error("errors-kept", Duration::from_secs(60)), None);
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: alice with hunter2-inline refused",
+        );
+        let kept = recent_client_error("errors-kept", Duration::from_secs(60)).unwrap();
+        assert_eq!(kept, "SASL authentication error: alice with <redacted> refused");
+        context.error(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
+        let kept = recent_client_error("errors-kept", Duration::from_secs(60)).unwrap();
+        assert!(kept.starts_with("SASL authentication error"), "the failure that says why stays: {kept}");
+        assert_eq!(recent_client_error("errors-kept", Duration::ZERO), None, "an old error explains nothing");
+        assert_eq!(recent_client_error("another-cluster", Duration::from_secs(60)), None);
     }
 
     #[test]

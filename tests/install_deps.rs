@@ -18,7 +18,13 @@ fn missing_tools_are_named_with_their_packages() {
     std::os::unix::fs::symlink("/usr/bin/dirname", bin.path().join("dirname")).unwrap();
     let (code, stderr) = install_deps_check(&bin.path().display().to_string());
     assert_eq!(code, Some(1), "{stderr}");
-    for (tool, package) in [("protoc", "protobuf-compiler"), ("etcd", "etcd-server"), ("promtool", "prometheus")] {
+    for (tool, package) in [
+        ("protoc", "protobuf-compiler"),
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+        ("openssl", "openssl"),
+        ("promtool", "prometheus"),
+    ] {
         let line = format!("missing command '{tool}': it comes with the Debian package '{package}'");
         assert!(stderr.contains(&line), "stderr lacks {line:?}:\n{stderr}");
     }

@@ -11,6 +11,8 @@ use super::error::ConfigProblem;
 pub struct TopicFilter {
     include: RegexSet,
     exclude: RegexSet,
+    /// Include patterns that are plain topic names (a `.` in them matches itself too).
+    named: Vec<String>,
 }
 
 impl TopicFilter {
@@ -20,7 +22,10 @@ impl TopicFilter {
         let include = compile(&format!("{path}.include"), include, &mut problems);
         let exclude = compile(&format!("{path}.exclude"), exclude, &mut problems);
         match (include, exclude) {
-            (Some(include), Some(exclude)) if problems.is_empty() => Ok(TopicFilter { include, exclude }),
+            (Some(include), Some(exclude)) if problems.is_empty() => {
+                let named = include_patterns_that_are_names(include.patterns());
+                Ok(TopicFilter { include, exclude, named })
+            }
             _ => Err(problems),
         }
     }
@@ -29,6 +34,22 @@ impl TopicFilter {
     pub fn matches(&self, name: &str) -> bool {
         self.include.is_match(name) && !self.exclude.is_match(name)
     }
+
+    /// The topics the include patterns name outright (`orders.created`, not `orders\..*`) and the excludes let
+    /// through: a cluster that does not list one of them may be hiding it from a principal without ACLs.
+    pub fn named_topics(&self) -> impl Iterator<Item = &str> {
+        self.named.iter().map(String::as_str).filter(|name| self.matches(name))
+    }
+}
+
+/// The anchored include patterns (`^(?:p)$`) whose `p` holds only characters of topic names.
+fn include_patterns_that_are_names(anchored: &[String]) -> Vec<String> {
+    anchored
+        .iter()
+        .filter_map(|pattern| pattern.strip_prefix("^(?:")?.strip_suffix(")$"))
+        .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Compiles one list into an anchored set, reporting each bad pattern by index.
@@ -99,6 +120,12 @@ mod tests {
         assert!(!f.matches("__consumer_offsets"));
         assert!(!f.matches("orders.internal"));
         assert!(f.matches("orders.internal.x"));
+    }
+
+    #[test]
+    fn named_topics_are_the_plain_names_the_excludes_let_through() {
+        let f = filter(&["orders.created", "payments_v2-eu", "orders\\..*", "a|b", ".*"], &["payments.*"]);
+        assert_eq!(f.named_topics().collect::<Vec<_>>(), ["orders.created"]);
     }
 
     #[test]

@@ -74,7 +74,10 @@ impl Etcd {
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // etcd forgets its auth tokens when it restarts (simple tokens) or when they expire (JWT): log in again
+            // instead of failing every request from then on.
+            .with_auto_token_refresh(true);
         if let (Some(user), Some(password)) = (&config.username, config.resolve_password()?) {
             options = options.with_user(user.clone(), password.expose().to_owned());
         }
@@ -96,7 +99,7 @@ impl Etcd {
         let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|error| EtcdError::Request {
             op: "connect",
             endpoints: endpoints.clone(),
-            message: error.to_string(),
+            message: describe(&error),
         });
         let connect = metrics.etcd_op("connect");
         connect.requests.inc();
@@ -144,12 +147,36 @@ impl Etcd {
             Ok(Err(etcd_client::Error::GRpcStatus(status))) if status.code() == tonic::Code::OutOfRange => {
                 return Err(EtcdError::Compacted { op, endpoints: self.endpoints.clone() });
             }
-            Ok(Err(error)) => error.to_string(),
+            Ok(Err(error)) => describe(&error),
             Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
         };
         counted.errors.inc();
         Err(EtcdError::Request { op, endpoints: self.endpoints.clone(), message })
     }
+}
+
+/// What etcd or the transport said, with the causes behind tonic's terse top-level texts ("transport error"): a
+/// refused connection, a TLS alert, an untrusted certificate. None of them carries a credential: etcd's auth
+/// errors name the failure, never the password.
+fn describe(error: &etcd_client::Error) -> String {
+    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            (format!("{:?}: {}", status.code(), status.message()), std::error::Error::source(status))
+        }
+        etcd_client::Error::TransportError(transport) => {
+            ("transport error".to_owned(), std::error::Error::source(transport))
+        }
+        other => (other.to_string(), None),
+    };
+    while let Some(error) = cause {
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = error.source();
+    }
+    text
 }
 
 fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {

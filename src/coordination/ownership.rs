@@ -128,6 +128,8 @@ impl Ownership {
                 tasks,
                 complete: waiting_for.is_none(),
                 ever_complete: wanted.ever_complete || work.is_some(),
+                // Only discovery knows; the controller's discovery shows on its own member's status.
+                problems: Vec::new(),
                 waiting_for,
             };
             let changed = *wanted != next;

@@ -43,6 +43,23 @@ pub(super) async fn lead(
                 };
                 let (interval, output, services) =
                     (config.discovery.interval.as_std(), output.clone(), services.clone());
+                {
+                    // Discovery's problems also explain readiness where this member's tasks come from its
+                    // assignment, which does not say why discovery failed.
+                    let (shared, mut seen, services) = (shared.clone(), output.subscribe(), services.clone());
+                    joins.spawn(async move {
+                        loop {
+                            let problems = seen.borrow_and_update().problems.clone();
+                            *shared.discovery_problems.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                                problems;
+                            tokio::select! {
+                                _ = services.cancelled() => break,
+                                changed = seen.changed() => if changed.is_err() { break },
+                            }
+                        }
+                        shared.discovery_problems.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+                    });
+                }
                 joins.spawn(async move { discovery.run(interval, initial, output, services).await });
             }
             Err(error) => error!(%error, "cannot set up discovery"),

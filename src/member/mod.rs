@@ -120,9 +120,8 @@ impl Member {
     ) -> Result<(), MemberError> {
         let Member { config, config_file, metrics } = self;
         let member_id = new_member_id();
-        let OpenedStore { store, etcd } =
-            checkpoint::open(&config.checkpoint, Access::Member(member_id.clone()), &metrics).await?;
 
+        // The endpoint comes first, so that a store that cannot be opened yet shows on /readyz with its reason.
         let status = Arc::new(RwLock::new(Status::default()));
         let http_shutdown = CancellationToken::new();
         let (bound, http_handle) = http::serve(
@@ -133,6 +132,12 @@ impl Member {
         .await?;
         info!(address = %bound, member = member_id.as_str(), "HTTP endpoint listening");
         on_listening(bound);
+        let Some(OpenedStore { store, etcd }) = open_store(&config, &member_id, &metrics, &status, &shutdown).await?
+        else {
+            http_shutdown.cancel();
+            let _ = http_handle.await;
+            return Ok(());
+        };
 
         let registry = Arc::new(Registry::default());
         let checkpointer = Checkpointer::new(store.clone(), registry.clone(), metrics.clone());
@@ -158,6 +163,7 @@ impl Member {
             clients,
             flow_updates: updates_tx,
             coordinated: etcd.is_some(),
+            discovery_problems: RwLock::default(),
         });
         let supervisor = Supervisor::new(flows, registry.clone(), metrics.clone(), DRAIN_TIMEOUT);
         let running = supervisor.running();
@@ -285,6 +291,42 @@ impl Member {
     }
 }
 
+/// How many different reasons for not opening the store are logged (then only `/readyz` shows the latest).
+const MAX_DISTINCT_STORE_ERRORS: usize = 8;
+
+/// Opens the checkpoint store; while etcd refuses or does not answer (a certificate it does not trust, a wrong
+/// password, etcd still starting), keeps trying with etcd's reason on `/readyz`, as a running member does when it
+/// cannot join the fleet. `None` when shut down meanwhile.
+async fn open_store(
+    config: &Config,
+    member_id: &str,
+    metrics: &Metrics,
+    status: &RwLock<Status>,
+    shutdown: &CancellationToken,
+) -> Result<Option<OpenedStore>, MemberError> {
+    // Each distinct reason is logged once: a refused client certificate reads as a TLS alert on one attempt and as
+    // a broken pipe on the next (TLS 1.3 sends the refusal after the client's side of the handshake is done).
+    let mut logged: Vec<String> = Vec::new();
+    loop {
+        let error = match checkpoint::open(&config.checkpoint, Access::Member(member_id.to_owned()), metrics).await {
+            Ok(opened) => return Ok(Some(opened)),
+            Err(StoreError::Etcd(error @ EtcdError::Request { .. })) => error,
+            Err(other) => return Err(other.into()),
+        };
+        let reason = error.to_string();
+        if !logged.contains(&reason) && logged.len() < MAX_DISTINCT_STORE_ERRORS {
+            error!(%error, "cannot open the checkpoint store in etcd; retrying");
+            logged.push(reason);
+        }
+        status.write().unwrap_or_else(|poisoned| poisoned.into_inner()).not_ready_reason =
+            Some(format!("cannot open the checkpoint store: {error}"));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(crate::coordination::POLL_INTERVAL) => {}
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section only inserts into maps, so a panic inside cannot leave them inconsistent.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -302,4 +344,6 @@ struct Shared {
     clients: Arc<Mutex<Clients>>,
     flow_updates: mpsc::Sender<FlowUpdate>,
     coordinated: bool,
+    /// Why this member's last discovery (it leads, or it is the only member) was not complete; empty otherwise.
+    discovery_problems: RwLock<Vec<String>>,
 }

@@ -1,7 +1,8 @@
 //! Lag, readiness and `/status`, refreshed every second from the tasks' positions and the sources' end offsets.
 //!
-//! Invariant: `/readyz` says ready only after discovery has had a complete look at the clusters and the member is
-//! not waiting for the fleet.
+//! Invariant: `/readyz` says ready only after discovery has had a complete look at the clusters, the discovery this
+//! member runs (as the controller, or the only member) reported no problem, and the member is not waiting for the
+//! fleet; when not, it says why, with the clusters' own errors where discovery has them.
 
 use std::sync::{Arc, RwLock};
 
@@ -49,12 +50,19 @@ pub(super) async fn report_status(
                 }
                 lags.push(lag);
             }
+            let problems = shared.discovery_problems.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
             let reason = if let Some(waiting) = &discovered.waiting_for {
-                Some(waiting.to_string())
+                Some(if problems.is_empty() {
+                    waiting.to_string()
+                } else {
+                    format!("{waiting}; discovery: {}", problems.join("; "))
+                })
             } else if !discovered.ever_complete {
-                Some("no complete look at the clusters yet (see ferry_cluster_up and the logs)".to_owned())
+                Some(with_problems("no complete look at the clusters yet", &problems))
             } else if !discovered.complete {
-                Some("a cluster did not answer the last discovery (see ferry_cluster_up)".to_owned())
+                Some(with_problems("a cluster did not answer the last discovery", &problems))
+            } else if !problems.is_empty() {
+                Some(with_problems("the last discovery found problems", &problems))
             } else {
                 None
             };
@@ -72,4 +80,13 @@ pub(super) async fn report_status(
     let mut status = status.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     status.ready = false;
     status.not_ready_reason = Some("shutting down".to_owned());
+}
+
+/// `what`, with the failures that made it so, or a pointer to where they show when none is known yet.
+fn with_problems(what: &str, problems: &[String]) -> String {
+    if problems.is_empty() {
+        format!("{what} (see ferry_cluster_up and the logs)")
+    } else {
+        format!("{what}: {}", problems.join("; "))
+    }
 }

@@ -49,7 +49,7 @@ impl GroupClient {
         let mut client = client_config(alias, &config.clusters[alias], Role::Admin)?;
         client.set("group.id", group).set("enable.auto.commit", "false");
         let consumer = client
-            .create_with_context(ClusterContext::new(alias, metrics))
+            .create_with_context(ClusterContext::new(alias, &config.clusters[alias], metrics))
             .map_err(|source| ClientError::create(alias, &config.clusters[alias], &source))?;
         Ok(Self { consumer, group: group.to_owned(), cluster: alias.to_owned() })
     }

@@ -117,7 +117,7 @@ impl SourceConsumer {
     pub fn new(flow: &str, alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, SourceError> {
         let mut config = client_config(alias, cluster, Role::Consumer)?;
         config.set("client.id", format!("ferry-{flow}-{alias}"));
-        let context = ClusterContext::new(alias, metrics);
+        let context = ClusterContext::new(alias, cluster, metrics);
         let consumer: StreamConsumer<ClusterContext> =
             config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))?;
         let consumer = Arc::new(consumer);

@@ -136,7 +136,7 @@ fn build(
             config.set("message.timeout.ms", transaction_timeout);
         }
     }
-    let context = TargetContext { cluster: ClusterContext::new(alias, metrics) };
+    let context = TargetContext { cluster: ClusterContext::new(alias, cluster, metrics) };
     config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))
 }
 

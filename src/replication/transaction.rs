@@ -213,7 +213,7 @@ impl FlowTransactions {
         let mut config = client_config(&flow.target, cluster, Role::Consumer)?;
         config.set("group.id", &prefix);
         let positions: BaseConsumer<ClusterContext> = config
-            .create_with_context(ClusterContext::new(&flow.target, metrics))
+            .create_with_context(ClusterContext::new(&flow.target, cluster, metrics))
             .map_err(|source| ClientError::create(&flow.target, cluster, &source))?;
         Ok(Self {
             shared: Arc::new(FlowShared {

@@ -19,8 +19,8 @@ pub enum AdminError {
     /// The admin client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// A request to the cluster failed as a whole (unreachable, timed out).
-    #[error("request to cluster {cluster} failed ({what}): {source}")]
+    /// A request to the cluster failed as a whole (unreachable, timed out, refused our login or certificate).
+    #[error("request to cluster {cluster} failed ({what}): {source}{}", client_error_suffix(.client_error))]
     Request {
         /// Cluster alias.
         cluster: String,
@@ -28,6 +28,23 @@ pub enum AdminError {
         what: &'static str,
         /// librdkafka's error.
         source: KafkaError,
+        /// The client's own recent error, which says why (authentication failed, certificate verify failed); the
+        /// request's error only says that it failed. Redacted.
+        client_error: Option<String>,
+    },
+    /// The cluster hides topics the flow names from ferry's principal: no ACL lets it DESCRIBE them.
+    #[error(
+        "cluster {cluster} does not let {principal} DESCRIBE topic {} (Kafka: topic authorization failed); \
+         replicating it needs the DESCRIBE and READ ACLs on it",
+        .topics.join(", ")
+    )]
+    TopicsDenied {
+        /// Cluster alias.
+        cluster: String,
+        /// Who ferry logs in as, e.g. `User:alice` (or a description, when the user name is a secret).
+        principal: String,
+        /// The topics.
+        topics: Vec<String>,
     },
     /// The cluster refused the request for one topic.
     #[error("cluster {cluster} refused to {what} topic {topic}: {code}")]
@@ -43,6 +60,23 @@ pub enum AdminError {
     },
 }
 
+/// `User:<sasl.username>` when the name is configured inline and is not secret; a description otherwise.
+fn principal(cluster: &ClusterConfig) -> String {
+    match cluster.client.get("sasl.username") {
+        Some(crate::config::ClientValue::Plain(name)) => format!("User:{name}"),
+        Some(_) => "ferry's user (sasl.username)".to_owned(),
+        None => "ferry's principal".to_owned(),
+    }
+}
+
+fn client_error_suffix(client_error: &Option<String>) -> String {
+    client_error.as_deref().map(|error| format!("; the client's last error: {error}")).unwrap_or_default()
+}
+
+/// How old a client error may be to explain a failed request: a few request timeouts, as librdkafka reports a
+/// persisting failure again (it suppresses identical errors for a while in between).
+const CLIENT_ERROR_RECENT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A topic as the cluster's metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
@@ -57,6 +91,8 @@ pub type TopicConfigs = BTreeMap<String, String>;
 pub struct ClusterAdmin {
     alias: String,
     admin: AdminClient<ClusterContext>,
+    /// Who ferry logs in as, for messages about ACLs.
+    principal: String,
 }
 
 impl std::fmt::Debug for ClusterAdmin {
@@ -69,9 +105,9 @@ impl ClusterAdmin {
     /// Builds the admin client of cluster `alias`; it connects lazily.
     pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, AdminError> {
         let admin = client_config(alias, cluster, Role::Admin)?
-            .create_with_context(ClusterContext::new(alias, metrics))
+            .create_with_context(ClusterContext::new(alias, cluster, metrics))
             .map_err(|source| ClientError::create(alias, cluster, &source))?;
-        Ok(Self { alias: alias.to_owned(), admin })
+        Ok(Self { alias: alias.to_owned(), admin, principal: principal(cluster) })
     }
 
     /// The cluster alias.
@@ -80,7 +116,12 @@ impl ClusterAdmin {
     }
 
     fn request_error(&self, what: &'static str) -> impl FnOnce(KafkaError) -> AdminError + '_ {
-        move |source| AdminError::Request { cluster: self.alias.clone(), what, source }
+        move |source| AdminError::Request {
+            cluster: self.alias.clone(),
+            what,
+            source,
+            client_error: crate::kafka::recent_client_error(&self.alias, CLIENT_ERROR_RECENT),
+        }
     }
 
     /// Every topic on the cluster with its partition count.
@@ -94,6 +135,31 @@ impl ClusterAdmin {
             .filter(|topic| topic.error().is_none())
             .map(|topic| (topic.name().to_owned(), TopicInfo { partitions: topic.partitions().len() as i32 }))
             .collect())
+    }
+
+    /// Fails naming those of `topics` the cluster refuses to describe to ferry's principal (topics it does not
+    /// list could be missing or hidden; only a request for the name tells).
+    pub async fn check_described(&self, topics: &[&str]) -> Result<(), AdminError> {
+        let mut denied = Vec::new();
+        for topic in topics {
+            let metadata =
+                tokio::task::block_in_place(|| self.admin.inner().fetch_metadata(Some(topic), REQUEST_TIMEOUT))
+                    .map_err(self.request_error("fetch topic metadata"))?;
+            if metadata.topics().iter().any(|described| {
+                described.error().map(RDKafkaErrorCode::from) == Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+            }) {
+                denied.push((*topic).to_owned());
+            }
+        }
+        if denied.is_empty() {
+            Ok(())
+        } else {
+            Err(AdminError::TopicsDenied {
+                cluster: self.alias.clone(),
+                principal: self.principal.clone(),
+                topics: denied,
+            })
+        }
     }
 
     /// The dynamic configs of each topic (the ones set on the topic, not inherited defaults).

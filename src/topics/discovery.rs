@@ -87,6 +87,8 @@ pub struct Discovered {
     pub complete: bool,
     /// Whether any look has completed since start.
     pub ever_complete: bool,
+    /// Why the last look was not complete, one line per failure (each names its cluster), for `/readyz`.
+    pub problems: Vec<String>,
     /// Why the set is not final yet, when something other than discovery decides it (the fleet).
     pub waiting_for: Option<Waiting>,
 }
@@ -145,20 +147,25 @@ impl Discovery {
     pub async fn discover(&self, previous: &Discovered) -> Discovered {
         let mut tasks = BTreeMap::new();
         let mut complete = true;
+        let mut problems = Vec::new();
         let mut source_topics: BTreeMap<&str, Option<BTreeMap<String, TopicInfo>>> = BTreeMap::new();
         for flow in &self.flows {
             if !source_topics.contains_key(flow.source.as_str()) {
                 let listed = self.admin(&flow.source).topics().await;
                 self.metrics.cluster(&flow.source).up.set(i64::from(listed.is_ok()));
                 let listed = listed
-                    .map_err(
-                        |error| warn!(cluster = flow.source.as_str(), %error, "cannot list topics of source cluster"),
-                    )
+                    .map_err(|error| {
+                        warn!(cluster = flow.source.as_str(), %error, "cannot list topics of source cluster");
+                        problems.push(error.to_string());
+                    })
                     .ok();
                 source_topics.insert(flow.source.as_str(), listed);
             }
             let found = match &source_topics[flow.source.as_str()] {
-                Some(topics) => self.flow_tasks(flow, topics).await,
+                Some(topics) => {
+                    self.check_named_topics(flow, topics).await.unwrap_or_else(|problem| problems.push(problem));
+                    self.flow_tasks(flow, topics).await.map_err(|problem| problems.push(problem)).ok()
+                }
                 None => None,
             };
             match found {
@@ -175,14 +182,30 @@ impl Discovery {
                 }
             }
         }
-        Discovered { tasks, complete, ever_complete: previous.ever_complete || complete, waiting_for: None }
+        problems.dedup();
+        Discovered { tasks, complete, ever_complete: previous.ever_complete || complete, problems, waiting_for: None }
     }
 
+    /// A topic the flow names outright that the source does not list may be hidden from ferry's principal (no
+    /// DESCRIBE ACL): then the flow would replicate nothing and say nothing. Asks for those names; the error names
+    /// the flow, the cluster, the principal and the ACL.
+    async fn check_named_topics(&self, flow: &FlowTopics, listed: &BTreeMap<String, TopicInfo>) -> Result<(), String> {
+        let unlisted: Vec<&str> = flow.filter.named_topics().filter(|name| !listed.contains_key(*name)).collect();
+        if unlisted.is_empty() {
+            return Ok(());
+        }
+        self.admin(&flow.source).check_described(&unlisted).await.map_err(|error| {
+            warn!(flow = flow.name.as_str(), cluster = flow.source.as_str(), %error, "source topics hidden");
+            format!("flow {}: {error}", flow.name)
+        })
+    }
+
+    /// The flow's tasks, or why they could not be worked out (naming the flow and the cluster).
     async fn flow_tasks(
         &self,
         flow: &FlowTopics,
         source_topics: &BTreeMap<String, TopicInfo>,
-    ) -> Option<BTreeMap<TaskId, TaskSpec>> {
+    ) -> Result<BTreeMap<TaskId, TaskSpec>, String> {
         let pairs = flow.matching(source_topics);
         let target = self.admin(&flow.target);
         let ready = match sync::sync(&flow.name, self.admin(&flow.source), target, &pairs, &self.metrics).await {
@@ -196,7 +219,7 @@ impl Discovery {
                 {
                     self.metrics.cluster(&flow.target).up.set(0);
                 }
-                return None;
+                return Err(format!("flow {}: {error}", flow.name));
             }
         };
         let mut tasks = BTreeMap::new();
@@ -206,7 +229,7 @@ impl Discovery {
                 tasks.insert(id.clone(), TaskSpec { id, target_topic: pair.target.clone(), resume: None });
             }
         }
-        Some(tasks)
+        Ok(tasks)
     }
 
     /// The tasks of `tasks` that belong to a configured flow, as a not yet complete look: a new controller starts

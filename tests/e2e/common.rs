@@ -34,6 +34,97 @@ macro_rules! test_env {
     }};
 }
 
+/// The dev env's secured parts (issue 15): SASL_SSL listeners of both clusters, its users, and the etcd with TLS,
+/// client certificates and auth.
+pub struct SecureEnv {
+    /// The plain parts, for what a test does not need to do securely.
+    pub plain: TestEnv,
+    /// SASL_SSL bootstrap of the source cluster.
+    pub source: String,
+    /// SASL_SSL bootstrap of the target cluster.
+    pub target: String,
+    /// PEM of the CA that signed the brokers' (and etcd's) certificates.
+    pub ca_file: String,
+    /// A SCRAM-SHA-512 super user.
+    pub admin: Login,
+    /// A SCRAM-SHA-512 user no ACL allows anything.
+    pub limited: Login,
+    /// The etcd with TLS, client certificates and auth.
+    pub etcd: SecureEtcd,
+}
+
+/// A SASL user.
+#[derive(Clone)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+/// The secured etcd and ferry's credentials for it.
+pub struct SecureEtcd {
+    pub endpoints: String,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// The dev env's secured parts, or returns from the calling test after saying it is skipped.
+macro_rules! secure_env {
+    () => {{
+        let plain = test_env!();
+        let [source, target, ca_file, user, password, limited_user, limited_password] = dev_env_vars!(
+            "FERRY_TEST_SOURCE_SECURE_BOOTSTRAP",
+            "FERRY_TEST_TARGET_SECURE_BOOTSTRAP",
+            "FERRY_TEST_CA_FILE",
+            "FERRY_TEST_SASL_USERNAME",
+            "FERRY_TEST_SASL_PASSWORD",
+            "FERRY_TEST_SASL_LIMITED_USERNAME",
+            "FERRY_TEST_SASL_LIMITED_PASSWORD",
+        );
+        let [endpoints, etcd_ca, cert_file, key_file, etcd_user, etcd_password] = dev_env_vars!(
+            "FERRY_TEST_SECURE_ETCD_ENDPOINTS",
+            "FERRY_TEST_ETCD_CA_FILE",
+            "FERRY_TEST_ETCD_CERT_FILE",
+            "FERRY_TEST_ETCD_KEY_FILE",
+            "FERRY_TEST_ETCD_USERNAME",
+            "FERRY_TEST_ETCD_PASSWORD",
+        );
+        crate::common::SecureEnv {
+            plain,
+            source,
+            target,
+            ca_file,
+            admin: crate::common::Login { username: user, password },
+            limited: crate::common::Login { username: limited_user, password: limited_password },
+            etcd: crate::common::SecureEtcd {
+                endpoints,
+                ca_file: etcd_ca,
+                cert_file,
+                key_file,
+                username: etcd_user,
+                password: etcd_password,
+            },
+        }
+    }};
+}
+
+impl SecureEnv {
+    /// Client settings for a SASL_SSL listener of the dev env, as `login`.
+    pub fn client(&self, bootstrap: &str, login: &Login) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", &login.username)
+            .set("sasl.password", &login.password)
+            .set("ssl.ca.location", &self.ca_file);
+        config
+    }
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -50,11 +141,21 @@ pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 }
 
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    create_topic_with(&admin(bootstrap), topic, partitions, configs).await;
+}
+
+/// [`create_topic`] through an admin client of the caller's (a secured listener's).
+pub async fn create_topic_with(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for (key, value) in configs {
         new_topic = new_topic.set(key, value);
     }
-    let results = admin(bootstrap).create_topics([&new_topic], &AdminOptions::new()).await.expect("create topics");
+    let results = admin.create_topics([&new_topic], &AdminOptions::new()).await.expect("create topics");
     for result in results {
         result.unwrap_or_else(|(topic, code)| panic!("cannot create {topic}: {code}"));
     }
@@ -71,12 +172,12 @@ pub async fn add_partitions(bootstrap: &str, topic: &str, partitions: usize) {
 }
 
 pub fn producer(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
+    producer_with(ClientConfig::new().set("bootstrap.servers", bootstrap).clone())
+}
+
+/// [`producer`] on the caller's connection settings (a secured listener's).
+pub fn producer_with(mut connection: ClientConfig) -> FutureProducer {
+    connection.set("enable.idempotence", "true").set("linger.ms", "5").create().expect("producer")
 }
 
 /// Explicit record timestamps start ten minutes before this test process started: recent enough that no retention
@@ -172,8 +273,26 @@ pub fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64,
 /// Reads a partition (read_committed) from its start to its current end: the records, and the offsets it spans.
 /// Without records is legitimate while everything on it was aborted (exactly-once starting over).
 pub fn read_committed(bootstrap: &str, topic: &str, partition: i32) -> (Vec<(i64, Record)>, i64, i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    read_committed_with(ClientConfig::new().set("bootstrap.servers", bootstrap).clone(), topic, partition)
+}
+
+/// [`read_partition`] on the caller's connection settings (a secured listener's).
+pub fn read_partition_with(connection: ClientConfig, topic: &str, partition: i32) -> Vec<(i64, Record)> {
+    let (records, low, high) = read_committed_with(connection, topic, partition);
+    assert!(
+        !records.is_empty() || high == low,
+        "read no record of {topic}[{partition}] although its offsets run from {low} to {high}"
+    );
+    records
+}
+
+/// [`read_committed`] on the caller's connection settings.
+pub fn read_committed_with(
+    mut connection: ClientConfig,
+    topic: &str,
+    partition: i32,
+) -> (Vec<(i64, Record)>, i64, i64) {
+    let consumer: BaseConsumer = connection
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -254,7 +373,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A ferry process started from the built binary, with its stderr captured.
+/// The environment variable that makes a ferry started by [`Ferry::start_with`] log at debug level.
+pub const DEBUG_LOG: (&str, &str) = ("RUST_LOG", "debug");
+
+/// A ferry process started from the built binary, with its stdout and stderr captured.
 pub struct Ferry {
     child: Child,
     pub http: String,
@@ -270,7 +392,8 @@ impl Ferry {
         Self::start_with(config_path, port, &[])
     }
 
-    /// Starts `ferry run` on an existing config file, with extra environment variables.
+    /// Starts `ferry run` on an existing config file, with extra environment variables; they win over the
+    /// harness's own, so [`DEBUG_LOG`] forces debug logging whatever `FERRY_TEST_RUST_LOG` says.
     pub fn start_with(config_path: PathBuf, port: u16, env: &[(&str, &str)]) -> Ferry {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
         command
@@ -278,23 +401,27 @@ impl Ferry {
             .arg(&config_path)
             .env("FERRY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", std::env::var("FERRY_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start ferry");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("FERRY_TEST_ECHO").is_some() {
-                    eprintln!("ferry: {line}");
+        // Both streams, so that a test can check everything ferry printed (the no-secret checks).
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [stdout, stderr] {
+            let sink = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("FERRY_TEST_ECHO").is_some() {
+                        eprintln!("ferry: {line}");
+                    }
+                    sink.lock().unwrap().push(line);
                 }
-                sink.lock().unwrap().push(line);
-            }
-        });
+            });
+        }
         Ferry { child, http: format!("http://127.0.0.1:{port}"), logs }
     }
 

@@ -19,6 +19,7 @@ mod oversize;
 mod reload;
 mod restart;
 mod runtime_topics;
+mod secured;
 mod shutdown;
 mod source_recreated;
 mod source_retention;
