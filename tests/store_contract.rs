@@ -363,6 +363,50 @@ mod etcd_only {
         harness.cleanup().await;
     }
 
+    /// Damaged data spoils only the tasks it may belong to: a damaged entry its own task, an unreadable chunk the
+    /// tasks without a readable checkpoint; and a member never loads past damage in its own shard, which it would
+    /// overwrite.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn damaged_data_holds_back_only_the_tasks_it_may_belong_to() {
+        let Some(harness) = Harness::etcd("damaged_data").await else { return };
+        let (t0, t1, t2) = (task("t", 0), task("t", 1), task("t", 2));
+        harness
+            .etcd_store("member-a")
+            .save("flow", &[(t0.clone(), plain(100)), (t1.clone(), plain(50))])
+            .await
+            .unwrap();
+        // member-a's chunk with t1's checkpoint replaced by something no version of ferry wrote.
+        let mut client = harness.connection().client();
+        let chunk_key = harness.connection().key("checkpoints/flow/member-a/0000");
+        let stored = client.get(chunk_key.clone(), None).await.unwrap().kvs()[0].value().to_vec();
+        let mut chunk: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        for entry in chunk["tasks"].as_array_mut().unwrap() {
+            if entry["partition"] == 1 {
+                entry["next_source_offset"] = serde_json::json!("twelve");
+            }
+        }
+        client.put(chunk_key, serde_json::to_vec(&chunk).unwrap(), None).await.unwrap();
+
+        let (loaded, damage) = harness.etcd_store("member-b").load_readable("flow").await.unwrap();
+        assert_eq!(loaded, BTreeMap::from([(t0.clone(), plain(100))]));
+        let reason = damage.holds_back(&t1, false).expect("t1 waits");
+        assert!(reason.contains("checkpoints/flow/member-a/0000") && reason.contains("t/1"), "{reason}");
+        assert_eq!(damage.holds_back(&t0, true), None);
+        assert_eq!(damage.holds_back(&t2, false), None, "a damaged entry names its task; others may start");
+        assert!(harness.etcd_store("member-b").load("flow").await.is_err(), "load reads all or nothing");
+        let own = harness.etcd_store("member-a").load_readable("flow").await.unwrap_err().to_string();
+        assert!(own.contains("member-a/0000"), "{own}");
+
+        // A chunk that does not parse at all may hold any task: those without a readable checkpoint wait.
+        client.put(harness.connection().key("checkpoints/flow/member-c/0000"), "{not json", None).await.unwrap();
+        let (loaded, damage) = harness.etcd_store("member-b").load_readable("flow").await.unwrap();
+        assert_eq!(loaded.get(&t0), Some(&plain(100)));
+        assert_eq!(damage.holds_back(&t0, true), None, "a task with a readable checkpoint starts from it");
+        let reason = damage.holds_back(&t2, false).expect("t2 has no readable checkpoint");
+        assert!(reason.contains("member-c/0000"), "{reason}");
+        harness.cleanup().await;
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn ten_thousand_tasks_cost_at_most_two_transactions() {
         let Some(harness) = Harness::etcd("batching").await else { return };

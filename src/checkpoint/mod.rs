@@ -88,8 +88,14 @@ pub enum StoreError {
 /// Durable storage of task checkpoints, per flow.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
-    /// Every checkpoint stored for `flow`.
+    /// Every checkpoint stored for `flow`; any damaged data is an error.
     async fn load(&self, flow: &str) -> Result<BTreeMap<TaskKey, Checkpoint>, StoreError>;
+
+    /// Every readable checkpoint stored for `flow`, and what could not be read: how a member starting tasks keeps
+    /// damaged data from stopping the tasks it does not belong to. The default reads all or nothing.
+    async fn load_readable(&self, flow: &str) -> Result<(BTreeMap<TaskKey, Checkpoint>, Damage), StoreError> {
+        Ok((self.load(flow).await?, Damage::default()))
+    }
 
     /// Stores a batch of checkpoints of one flow atomically: all or none. ([`EtcdStore`] relaxes this to all or
     /// none per chunk for a batch larger than one transaction; its impl says why that is safe.)
@@ -113,6 +119,32 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// store of one member) has nothing to collect.
     async fn collect_garbage(&self, _flow: &str, _live_members: &BTreeSet<String>) -> Result<usize, StoreError> {
         Ok(0)
+    }
+}
+
+/// Stored checkpoint data of a flow that could not be read: the tasks it may belong to must not start from
+/// scratch, or they would replicate their partitions again from the beginning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Tasks whose own entry is damaged, with where and why.
+    pub tasks: BTreeMap<TaskKey, String>,
+    /// Damaged data that names no readable task (a chunk that does not parse), where and why: any task without a
+    /// readable checkpoint may be in it.
+    pub unattributed: Vec<String>,
+}
+
+impl Damage {
+    /// Why `task`, whose readable checkpoint is `found`, must wait; `None` when it may start.
+    pub fn holds_back(&self, task: &TaskKey, found: bool) -> Option<String> {
+        if let Some(reason) = self.tasks.get(task) {
+            return Some(format!("its checkpoint data is damaged: {reason}"));
+        }
+        match self.unattributed.first() {
+            Some(reason) if !found => Some(format!(
+                "it has no readable checkpoint and the flow holds damaged checkpoint data that may be its: {reason}"
+            )),
+            _ => None,
+        }
     }
 }
 

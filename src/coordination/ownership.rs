@@ -12,7 +12,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{CheckpointStore, Checkpointer, TaskKey};
 use crate::config::Config;
@@ -41,6 +41,9 @@ pub struct Ownership {
     metrics: Metrics,
     drain_timeout: Duration,
     owned: BTreeMap<TaskId, TaskSpec>,
+    /// Tasks whose owner keys this member holds but which wait because their stored checkpoint cannot be read,
+    /// with the reason (logged once per reason).
+    damaged: BTreeMap<TaskId, String>,
 }
 
 impl Ownership {
@@ -72,6 +75,7 @@ impl Ownership {
             metrics,
             drain_timeout,
             owned: BTreeMap::new(),
+            damaged: BTreeMap::new(),
         }
     }
 
@@ -108,8 +112,11 @@ impl Ownership {
                     warn!(%error, "cannot take task ownership; retrying");
                 }
             }
+            self.damaged.retain(|id, _| specs.tasks.contains_key(id));
             let waiting = specs.tasks.len() - specs.tasks.keys().filter(|id| self.owned.contains_key(*id)).count();
-            let reason = if waiting > 0 {
+            let reason = if let Some((task, why)) = self.damaged.iter().next() {
+                Some(Waiting::DamagedCheckpoints(self.damaged.len(), format!("task {task}: {why}")))
+            } else if waiting > 0 {
                 Some(Waiting::PreviousOwners(waiting))
             } else if unknown_flows > 0 {
                 Some(Waiting::UnknownFlows(unknown_flows))
@@ -203,11 +210,13 @@ impl Ownership {
         }
         let flows: BTreeSet<Arc<str>> = taken.iter().map(|spec| spec.id.flow.clone()).collect();
         let mut stored = BTreeMap::new();
+        let mut damages = BTreeMap::new();
         let mut unloaded = BTreeSet::new();
         for flow in flows {
-            match self.store.load(&flow).await {
-                Ok(checkpoints) => {
-                    stored.insert(flow, checkpoints);
+            match self.store.load_readable(&flow).await {
+                Ok((checkpoints, damage)) => {
+                    stored.insert(flow.clone(), checkpoints);
+                    damages.insert(flow, damage);
                 }
                 Err(error) => {
                     // Without its checkpoint a task would start from the beginning: keep the keys (they are found
@@ -218,6 +227,31 @@ impl Ownership {
             }
         }
         taken.retain(|spec| !unloaded.contains(&spec.id.flow));
+        // Damaged checkpoint data holds back only the tasks it may belong to; the keys stay ours, so the next round
+        // reads again and starts them once the data is repaired or removed.
+        taken.retain(|spec| {
+            let key = TaskKey::from(&spec.id);
+            let found = stored.get(&spec.id.flow).is_some_and(|checkpoints| checkpoints.contains_key(&key));
+            let held_back = damages.get(&spec.id.flow).and_then(|damage| damage.holds_back(&key, found));
+            match held_back {
+                Some(reason) => {
+                    if self.damaged.get(&spec.id) != Some(&reason) {
+                        error!(
+                            task = %spec.id,
+                            %reason,
+                            "task waits: its stored checkpoint cannot be read, and starting it from scratch would \
+                             replicate its partition again from the beginning; repair or delete the named etcd key"
+                        );
+                    }
+                    self.damaged.insert(spec.id.clone(), reason);
+                    false
+                }
+                None => {
+                    self.damaged.remove(&spec.id);
+                    true
+                }
+            }
+        });
         info!(tasks = taken.len(), "took task ownership");
         for mut spec in taken {
             let key = TaskKey::from(&spec.id);

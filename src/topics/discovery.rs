@@ -108,6 +108,8 @@ pub enum Waiting {
     UnknownFlows(usize),
     /// Tasks this member hands over to their next owners.
     HandingOver(usize),
+    /// Assigned tasks that wait because their stored checkpoint cannot be read, and the first one's reason.
+    DamagedCheckpoints(usize, String),
 }
 
 impl std::fmt::Display for Waiting {
@@ -121,6 +123,11 @@ impl std::fmt::Display for Waiting {
             }
             Waiting::UnknownFlows(count) => write!(f, "{count} assigned flows are not in this member's config yet"),
             Waiting::HandingOver(count) => write!(f, "handing over {count} tasks"),
+            Waiting::DamagedCheckpoints(count, first) => write!(
+                f,
+                "{count} assigned tasks wait because their stored checkpoint data cannot be read (the log names \
+                 each); the first: {first}"
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@ mod dev_env;
 mod common;
 #[macro_use]
 mod fleet_support;
+mod corrupt_checkpoint;
 mod etcd_failover;
 mod exactly_once;
 mod failover;

@@ -31,10 +31,12 @@ use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-use self::codec::{chunk_key, decode_chunks, is_further, prefix_end, ChunkOut, CHUNK_BYTES, FORMAT_VERSION};
+use self::codec::{
+    chunk_key, decode_chunks, decode_readable_chunks, is_further, prefix_end, ChunkOut, CHUNK_BYTES, FORMAT_VERSION,
+};
 use self::gc::Guard;
 use self::shard::Shard;
-use super::{Checkpoint, CheckpointStore, GroupOffsets, StoreError, TaskKey};
+use super::{Checkpoint, CheckpointStore, Damage, GroupOffsets, StoreError, TaskKey};
 use crate::coordination::etcd::Etcd;
 use crate::coordination::keys::{decode_segment, encode_segment};
 
@@ -217,9 +219,34 @@ impl EtcdStore {
 #[async_trait]
 impl CheckpointStore for EtcdStore {
     async fn load(&self, flow: &str) -> Result<BTreeMap<TaskKey, Checkpoint>, StoreError> {
+        let (checkpoints, damage) = self.load_readable(flow).await?;
+        let first = damage.tasks.into_values().chain(damage.unattributed).next();
+        match first {
+            Some(reason) => Err(StoreError::Corrupt { location: format!("flow {flow}"), message: reason }),
+            None => Ok(checkpoints),
+        }
+    }
+
+    async fn load_readable(&self, flow: &str) -> Result<(BTreeMap<TaskKey, Checkpoint>, Damage), StoreError> {
         let mut flows = self.flows.lock().await;
         let flow_prefix = self.flow_prefix(flow);
-        let stored = decode_chunks(&flow_prefix, self.range("checkpoint_load", &flow_prefix).await?)?;
+        let (stored, damaged) =
+            decode_readable_chunks(&flow_prefix, self.range("checkpoint_load", &flow_prefix).await?);
+        // This member rewrites its own chunks from what it read: damage there would be overwritten, and with it the
+        // evidence and the task's position. Such damage stops the whole load, as before.
+        if let Some(own) = damaged.iter().find(|damaged| damaged.member.as_deref() == Some(self.member_id.as_str())) {
+            return Err(own.clone().into());
+        }
+        let mut damage = Damage::default();
+        for damaged in damaged {
+            let reason = format!("{}: {}", damaged.location, damaged.message);
+            match damaged.task {
+                Some(task) => {
+                    damage.tasks.insert(task, reason);
+                }
+                None => damage.unattributed.push(reason),
+            }
+        }
         let mut furthest: BTreeMap<TaskKey, Checkpoint> = BTreeMap::new();
         for chunk in &stored {
             for (task, checkpoint) in &chunk.tasks {
@@ -238,7 +265,7 @@ impl CheckpointStore for EtcdStore {
             let shard = Shard::restore(self.chunk_capacity(), own.map(|chunk| (chunk.index, chunk.tasks)))?;
             flows.insert(flow.to_owned(), shard);
         }
-        Ok(furthest)
+        Ok((furthest, damage))
     }
 
     async fn save(&self, flow: &str, batch: &[(TaskKey, Checkpoint)]) -> Result<(), StoreError> {
