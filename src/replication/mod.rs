@@ -10,6 +10,7 @@
 //! [`transaction`] (exactly-once: buckets of tasks committing records and positions in one Kafka transaction).
 
 pub mod lag;
+pub mod ledger;
 pub mod progress;
 pub mod source;
 pub mod supervisor;

@@ -6,7 +6,7 @@
 //! nothing is lost silently; the supervisor restarts the task from its checkpoint. Under exactly-once delivery the
 //! position moves only over records whose transaction committed ([`crate::replication::transaction`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::ops::metrics::TaskMetrics;
+use crate::replication::ledger::{Breach, Fate, Ledger, Pending};
 use crate::replication::progress::{Position, TaskProgress, TaskState};
 use crate::replication::source::{PartitionQueue, SourceConsumer, SourceError};
 use crate::replication::target::{Ack, AckSink, TargetProducer, TargetRecord};
@@ -212,11 +213,6 @@ impl TaskError {
     }
 }
 
-/// Whether librdkafka dropped the record itself (its transaction aborted) rather than the target refusing it.
-fn is_purged(error: &KafkaError) -> bool {
-    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight))
-}
-
 /// Permission to add a record to the task's transaction (empty without exactly-once), held until it is tracked.
 struct Admitted(Option<Entry>);
 
@@ -226,63 +222,19 @@ impl Admitted {
     }
 }
 
-/// A record handed to the producer (or deliberately skipped) and not yet accounted for.
-struct Pending {
-    /// The source offset (for a lost range, its last offset).
-    offset: i64,
-    /// Under exactly-once, the transaction it was added to (0 otherwise).
-    epoch: u64,
-    timestamp_ms: Option<i64>,
-    bytes: usize,
-    /// What becomes of it; only a produced record gets an acknowledgement.
-    fate: Fate,
-}
-
-/// What becomes of a source offset a task has taken up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    /// Produced to the target; settled by its acknowledgement.
-    Produced,
-    /// Not replicated because it came from the target (identity naming's loop guard).
-    SkippedLoop,
-    /// The end of the range `first..=offset` the source deleted before the task read it (retention overtook
-    /// replication).
-    Lost {
-        /// The first offset lost.
-        first: i64,
-    },
-    /// The end of the offsets a partition no longer had when ferry first read it: never ferry's to copy.
-    BeforeFirstRead,
-}
-
-impl Pending {
-    fn produced(&self) -> bool {
-        self.fate == Fate::Produced
-    }
-}
-
 struct Replication<'a> {
     ctx: &'a TaskContext,
     position: Position,
-    /// Records not yet accounted for, in source order; the produced ones are acknowledged in this order.
-    pending: VecDeque<Pending>,
-    /// Produced records among `pending`.
-    unacknowledged: usize,
-    /// Bytes of the records in `pending`.
-    pending_bytes: usize,
+    /// What the task took up and has not accounted for in `position` yet.
+    ledger: Ledger,
     /// Where the producer leaves this task's acknowledgements.
     sink: Arc<AckSink>,
     /// Acknowledgements taken from the sink (the buffer is handed back to the sink's delivery thread).
     acks: Vec<Ack>,
-    /// Acknowledgements not yet accounted for, in send order: under exactly-once, those of records whose
-    /// transaction has not committed yet.
-    held: VecDeque<Ack>,
+    /// What the last settle accounted for (the buffer is reused), for the counters.
+    settled: Vec<Pending>,
     /// Set for exactly-once delivery: the task's place in its transactional bucket.
     transaction: Option<Enlistment>,
-    /// The target offset of the last acknowledgement in this run, to check the order the position relies on.
-    last_target_offset: Option<i64>,
-    /// Set once the target refused a record: no later acknowledgement may move the position past it.
-    refused: bool,
     last_acked_timestamp_ms: Option<i64>,
     /// Acknowledged records and bytes not yet added to the shared counters. All tasks of a topic share one
     /// counter (and all tasks of a flow one latency histogram), so per-record updates would contend across
@@ -300,16 +252,15 @@ impl Replication<'_> {
         let next = self.next_fetch();
         if let Some(refused) = self.ctx.refused.filter(|refused| (refused.first..=refused.last).contains(&next)) {
             // One at a time; under exactly-once the first refused record goes into a transaction of its own.
-            let committed_first = self.transaction.is_none() || next != refused.first || self.pending.is_empty();
-            return self.unacknowledged == self.held.len() && committed_first;
+            let committed_first = self.transaction.is_none() || next != refused.first || self.ledger.pending_len() == 0;
+            return self.ledger.in_flight() == 0 && committed_first;
         }
         if self.transaction.is_some() {
-            let in_flight = self.unacknowledged - self.held.len();
-            return in_flight < MAX_IN_FLIGHT_RECORDS
-                && self.pending.len() < MAX_UNCOMMITTED_RECORDS
-                && self.pending_bytes < MAX_UNCOMMITTED_BYTES;
+            return self.ledger.in_flight() < MAX_IN_FLIGHT_RECORDS
+                && self.ledger.pending_len() < MAX_UNCOMMITTED_RECORDS
+                && self.ledger.pending_bytes() < MAX_UNCOMMITTED_BYTES;
         }
-        self.pending.len() < MAX_IN_FLIGHT_RECORDS && self.pending_bytes < MAX_IN_FLIGHT_BYTES
+        self.ledger.pending_len() < MAX_IN_FLIGHT_RECORDS && self.ledger.pending_bytes() < MAX_IN_FLIGHT_BYTES
     }
 
     /// The producer this task writes through: its bucket's transactional one, or the target cluster's shared one.
@@ -320,7 +271,7 @@ impl Replication<'_> {
     /// Adds a record to `pending` under an admission, and tells the bucket how far the task's transaction reaches.
     fn track_admitted(&mut self, admitted: Admitted, mut record: Pending) {
         record.epoch = admitted.epoch();
-        self.track(record);
+        self.ledger.track(record);
         if let (Some(transaction), Some(entry)) = (&self.transaction, &admitted.0) {
             transaction.advance(entry, self.next_fetch());
         }
@@ -337,22 +288,7 @@ impl Replication<'_> {
     /// The source offset the task reads next: after the last offset it took up (or, with nothing pending, its
     /// position).
     fn next_fetch(&self) -> i64 {
-        self.pending.back().map_or(self.position.next_source_offset, |record| record.offset + 1)
-    }
-
-    /// Adds a record to `pending`, keeping the counters over it in step.
-    fn track(&mut self, record: Pending) {
-        self.pending_bytes += record.bytes;
-        self.unacknowledged += usize::from(record.produced());
-        self.pending.push_back(record);
-    }
-
-    /// Removes the oldest record from `pending`, keeping the counters over it in step.
-    fn untrack_front(&mut self) -> Option<Pending> {
-        let record = self.pending.pop_front()?;
-        self.pending_bytes -= record.bytes;
-        self.unacknowledged -= usize::from(record.produced());
-        Some(record)
+        self.ledger.next_fetch(&self.position)
     }
 
     fn rejected(&self, offset: i64, through: i64, error: KafkaError) -> TaskError {
@@ -366,105 +302,60 @@ impl Replication<'_> {
         }
     }
 
-    /// The refusal of the produced record at `index` among those still pending (its acknowledgement at the same
-    /// index of `held`), with the refused records right behind it (the rest of its batch).
-    fn refused_from(&mut self, index: usize, offset: i64, error: KafkaError) -> TaskError {
-        self.refused = true;
-        let run = self.held.iter().skip(index).take_while(|ack| ack.as_ref().is_err_and(|e| !is_purged(e))).count();
-        let mut produced = self.pending.iter().filter(|record| record.produced()).map(|record| record.offset);
-        let through = run.checked_sub(1).and_then(|last| produced.nth(index + last)).unwrap_or(offset);
-        self.rejected(offset, through.max(offset), error)
+    /// The task error for a breach of the ledger's accounting.
+    fn breached(&self, breach: Breach) -> TaskError {
+        match breach {
+            Breach::Refused { offset, through, error } => self.rejected(offset, through, error),
+            Breach::Unordered(detail) => TaskError::Unordered {
+                cluster: self.ctx.target.alias().to_owned(),
+                target_topic: self.ctx.spec.target_topic.clone(),
+                partition: self.ctx.spec.id.partition,
+                detail,
+            },
+        }
     }
 
     /// Accounts for the acknowledgements taken from the sink and for the skipped records behind them (under
     /// exactly-once, those of committed transactions), then publishes the position once.
     fn settle(&mut self) -> Result<(), TaskError> {
-        self.held.extend(self.acks.drain(..));
+        self.ledger.receive(self.acks.drain(..));
         let result = match self.committed_epoch() {
-            Ok(committed) => self.settle_acks(committed),
+            Ok(committed) => self
+                .ledger
+                .settle(&mut self.position, committed, &mut self.settled)
+                .map_err(|breach| self.breached(breach)),
             // The transaction aborted: a record the target refused in it is the reason worth reporting.
-            Err(aborted) => Err(self.refusal_in_held().unwrap_or(aborted)),
+            Err(aborted) => Err(self.ledger.refusal(&self.position).map_or(aborted, |breach| self.breached(breach))),
         };
+        self.count_settled();
         self.publish();
         result
     }
 
-    /// The first refusal among the acknowledgements not yet accounted for. Records librdkafka purged because their
-    /// transaction aborted were not refused by the target.
-    fn refusal_in_held(&mut self) -> Option<TaskError> {
-        let index = self.held.iter().position(|ack| ack.as_ref().is_err_and(|error| !is_purged(error)))?;
-        let offset = self.pending.iter().filter(|record| record.produced()).nth(index).map(|record| record.offset);
-        let error = self.held[index].clone().expect_err("found as an error");
-        let offset = offset.unwrap_or(self.next_fetch());
-        Some(self.refused_from(index, offset, error))
-    }
-
-    fn settle_acks(&mut self, committed_epoch: u64) -> Result<(), TaskError> {
-        let now = now_ms();
-        loop {
-            self.settle_skipped(committed_epoch);
-            // settle_skipped left a produced record, or a record of an open transaction, at the front, if any.
-            if self.pending.front().is_none_or(|record| !record.produced() || record.epoch > committed_epoch) {
-                break;
-            }
-            let Some(ack) = self.held.pop_front() else { break };
-            let record = self.untrack_front().expect("a produced record is at the front");
-            let target_offset = match ack {
-                Ok(target_offset) => target_offset,
-                // The acknowledgements behind it (in `held`) belong to the records now at the front.
-                Err(error) => return Err(self.refused_from(0, record.offset, error)),
-            };
-            if let Some(last) = self.last_target_offset.filter(|last| *last >= target_offset) {
-                return Err(self.unordered(format!(
-                    "source offset {} was written at target offset {target_offset}, after {last}",
-                    record.offset
-                )));
-            }
-            self.last_target_offset = Some(target_offset);
-            self.position.acknowledged(record.offset, target_offset);
-            self.unpublished_records += 1;
-            self.unpublished_bytes += record.bytes as u64;
-            if let Some(timestamp_ms) = record.timestamp_ms {
-                self.latency.observe((now - timestamp_ms).max(0) as f64 / 1000.0);
-                self.last_acked_timestamp_ms = Some(timestamp_ms);
-            }
-        }
-        if self.held.len() > self.unacknowledged {
-            return Err(self.unordered("an acknowledgement arrived for no record in flight".to_owned()));
-        }
-        // A refusal inside an open transaction: the transaction cannot commit, and the record is named now.
-        if let Some(refusal) = self.refusal_in_held() {
-            return Err(refusal);
-        }
+    /// Accounts for skipped records at the front (the source moved on without producing anything).
+    fn settle_skipped(&mut self) -> Result<(), TaskError> {
+        let committed = self.committed_epoch()?;
+        self.ledger.settle_skipped(&mut self.position, committed, &mut self.settled);
+        self.count_settled();
         Ok(())
     }
 
-    /// Skipped records at the front are done (under exactly-once, once their transaction committed): nothing
-    /// before them waits for an acknowledgement.
-    fn settle_skipped(&mut self, committed_epoch: u64) {
-        while let Some(record) =
-            self.pending.front().filter(|record| !record.produced() && record.epoch <= committed_epoch)
-        {
-            let (offset, fate) = (record.offset, record.fate);
-            self.untrack_front();
-            match fate {
-                Fate::Lost { first } => self.position.lost(first, offset),
-                Fate::SkippedLoop | Fate::BeforeFirstRead | Fate::Produced => self.position.skipped(offset),
+    /// Adds what the last settle accounted for to the task's counters (published in `publish`).
+    fn count_settled(&mut self) {
+        let now = now_ms();
+        for record in self.settled.drain(..) {
+            match record.fate {
+                Fate::Produced => {
+                    self.unpublished_records += 1;
+                    self.unpublished_bytes += record.bytes as u64;
+                    if let Some(timestamp_ms) = record.timestamp_ms {
+                        self.latency.observe((now - timestamp_ms).max(0) as f64 / 1000.0);
+                        self.last_acked_timestamp_ms = Some(timestamp_ms);
+                    }
+                }
+                Fate::SkippedLoop => self.ctx.metrics.skipped_loop.inc(),
+                Fate::Lost { .. } | Fate::BeforeFirstRead => {}
             }
-            if fate == Fate::SkippedLoop {
-                self.ctx.metrics.skipped_loop.inc();
-            }
-        }
-    }
-
-    fn unordered(&mut self, detail: String) -> TaskError {
-        // Stop accounting: the position stays where the order was last known to hold.
-        self.refused = true;
-        TaskError::Unordered {
-            cluster: self.ctx.target.alias().to_owned(),
-            target_topic: self.ctx.spec.target_topic.clone(),
-            partition: self.ctx.spec.id.partition,
-            detail,
         }
     }
 
@@ -475,14 +366,14 @@ impl Replication<'_> {
             (self.unpublished_records, self.unpublished_bytes) = (0, 0);
         }
         self.latency.flush();
-        if self.pending.is_empty() {
+        if self.ledger.pending_len() == 0 {
             self.ctx.progress.mark_idle(now_ms());
         }
         let id = &self.ctx.spec.id;
         if let Some(end) = self.ctx.source.end_offset(&id.topic, id.partition) {
             self.position.source_end = Some(end);
         }
-        let oldest_unacked = self.pending.front().and_then(|record| record.timestamp_ms);
+        let oldest_unacked = self.ledger.front().and_then(|record| record.timestamp_ms);
         self.ctx.progress.publish(&self.position, oldest_unacked, self.last_acked_timestamp_ms);
     }
 
@@ -559,7 +450,7 @@ impl Replication<'_> {
                     drop(admitted);
                     record = returned;
                     // The shared producer is full: wait for room, accounting for our own acknowledgements meanwhile.
-                    if self.unacknowledged == 0 {
+                    if self.ledger.unacknowledged() == 0 {
                         tokio::select! {
                             biased;
                             _ = stop.cancelled() => return Ok(false),
@@ -603,7 +494,7 @@ impl Replication<'_> {
                 // The window is full of records waiting for their transaction: commit now rather than at the interval.
                 transaction.request_commit();
             }
-            let awaiting_acks = self.unacknowledged > self.held.len();
+            let awaiting_acks = self.ledger.in_flight() > 0;
             tokio::select! {
                 // Acknowledgements and commits first: they free room and move the position.
                 biased;
@@ -642,7 +533,7 @@ impl Replication<'_> {
                             None => break,
                         };
                     }
-                    if self.pending.front().is_some_and(|record| !record.produced()) {
+                    if self.ledger.front().is_some_and(|record| !record.produced()) {
                         self.settle()?;
                     }
                 },
@@ -685,7 +576,7 @@ impl Replication<'_> {
         }
         if log_start > next {
             let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
-            let never_replicated = self.position.next_target_offset.is_none() && self.pending.is_empty();
+            let never_replicated = self.position.next_target_offset.is_none() && self.ledger.pending_len() == 0;
             let fate = if never_replicated {
                 info!(task = %id, log_start, "the source partition starts at its log start offset; replicating from there");
                 Fate::BeforeFirstRead
@@ -706,7 +597,7 @@ impl Replication<'_> {
                 admitted,
                 Pending { offset: log_start - 1, epoch: 0, timestamp_ms: None, bytes: 0, fate },
             );
-            self.settle_skipped(self.committed_epoch()?);
+            self.settle_skipped()?;
         }
         let from = log_start.max(next);
         self.ctx
@@ -739,9 +630,9 @@ impl Replication<'_> {
     /// Whether records wait for the target: acknowledgements, and under exactly-once also commits.
     fn unsettled(&self) -> bool {
         if self.transaction.is_some() {
-            !self.pending.is_empty()
+            self.ledger.pending_len() > 0
         } else {
-            self.unacknowledged > 0
+            self.ledger.unacknowledged() > 0
         }
     }
 
@@ -752,14 +643,14 @@ impl Replication<'_> {
     /// partition's next owner, out of order and uncounted. When the whole member stops, the supervisor ends the
     /// wait at the drain timeout and the member purges its producers before writing its final checkpoint.
     async fn drain(&mut self) -> Result<(), TaskError> {
-        if !self.refused {
+        if !self.ledger.stopped() {
             self.settle()?;
             if let Some(transaction) = &self.transaction {
                 transaction.request_commit();
             }
             let mut deadline = tokio::time::Instant::now() + self.ctx.drain_timeout;
             while self.unsettled() {
-                let awaiting_acks = self.unacknowledged > self.held.len();
+                let awaiting_acks = self.ledger.in_flight() > 0;
                 let settled = tokio::time::timeout_at(deadline, async {
                     tokio::select! {
                         () = self.sink.take(&mut self.acks), if awaiting_acks => {}
@@ -771,7 +662,7 @@ impl Replication<'_> {
                     Err(_) if self.transaction.is_some() => {
                         warn!(
                             task = %self.ctx.spec.id,
-                            unsettled = self.pending.len(),
+                            unsettled = self.ledger.pending_len(),
                             "stopping before the transaction holding the task's last records committed; they are \
                              committed with their position, or aborted and replicated again"
                         );
@@ -780,7 +671,7 @@ impl Replication<'_> {
                     Err(_) => {
                         warn!(
                             task = %self.ctx.spec.id,
-                            unacknowledged = self.unacknowledged,
+                            unacknowledged = self.ledger.unacknowledged(),
                             "still waiting for the target to acknowledge the task's last records; the partition is \
                              handed over once they are resolved, so none is delivered behind its next owner's back"
                         );
@@ -979,15 +870,11 @@ pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), Ta
     let mut replication = Replication {
         ctx: &ctx,
         position,
-        pending: VecDeque::new(),
-        unacknowledged: 0,
-        pending_bytes: 0,
+        ledger: Ledger::default(),
+        settled: Vec::new(),
         sink: AckSink::new(),
         acks: Vec::new(),
-        held: VecDeque::new(),
         transaction,
-        last_target_offset: None,
-        refused: false,
         last_acked_timestamp_ms: None,
         unpublished_records: 0,
         unpublished_bytes: 0,
