@@ -26,8 +26,8 @@ pub enum AdminError {
         cluster: String,
         /// What was asked.
         what: &'static str,
-        /// librdkafka's error.
-        source: KafkaError,
+        /// librdkafka's error (boxed: every error type that carries this one stays small).
+        source: Box<KafkaError>,
         /// The client's own recent error, which says why (authentication failed, certificate verify failed); the
         /// request's error only says that it failed. Redacted.
         client_error: Option<String>,
@@ -119,7 +119,7 @@ impl ClusterAdmin {
         move |source| AdminError::Request {
             cluster: self.alias.clone(),
             what,
-            source,
+            source: Box::new(source),
             client_error: crate::kafka::recent_client_error(&self.alias, CLIENT_ERROR_RECENT),
         }
     }

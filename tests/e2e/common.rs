@@ -71,6 +71,7 @@ pub struct SecureEtcd {
 }
 
 /// The dev env's secured parts, or returns from the calling test after saying it is skipped.
+#[allow(unused_macros)] // only the e2e binary runs secured tests; network and throttle share this file
 macro_rules! secure_env {
     () => {{
         let plain = test_env!();
@@ -479,6 +480,14 @@ impl Drop for Ferry {
         if std::thread::panicking() && std::env::var_os("FERRY_TEST_ECHO").is_none() {
             let logs = self.logs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let tail = logs.len().saturating_sub(300);
+            let earlier: Vec<&String> =
+                logs[..tail].iter().filter(|line| line.contains(" WARN ") || line.contains(" ERROR ")).collect();
+            if !earlier.is_empty() {
+                eprintln!("--- warnings and errors before that ({}) ---", self.http);
+                for line in &earlier[earlier.len().saturating_sub(100)..] {
+                    eprintln!("ferry: {line}");
+                }
+            }
             eprintln!("--- last {} lines of ferry's log ({}) ---", logs.len() - tail, self.http);
             for line in &logs[tail..] {
                 eprintln!("ferry: {line}");

@@ -159,19 +159,32 @@ pub fn assert_nothing_lost(env: &TestEnv, topic: &str, partitions: i32) -> usize
     for partition in 0..partitions {
         let source: Vec<String> =
             read_partition(&env.source, topic, partition).into_iter().map(|(_, r)| r.id()).collect();
-        let target: Vec<String> =
-            read_partition(&env.target, &format!("src.{topic}"), partition).into_iter().map(|(_, r)| r.id()).collect();
+        let target: Vec<(i64, String)> = read_partition(&env.target, &format!("src.{topic}"), partition)
+            .into_iter()
+            .map(|(offset, r)| (offset, r.id()))
+            .collect();
         let mut seen = BTreeSet::new();
         let mut first_copies = Vec::new();
-        for id in &target {
+        for (offset, id) in &target {
             if seen.insert(id.clone()) {
-                first_copies.push(id.clone());
+                first_copies.push((*offset, id.clone()));
             } else {
                 duplicates += 1;
             }
         }
         assert_eq!(first_copies.len(), source.len(), "partition {partition}: records lost or foreign records added");
-        assert_eq!(first_copies, source, "partition {partition}: the target order differs from the source");
+        if let Some(at) = first_copies.iter().zip(&source).position(|((_, copied), original)| copied != original) {
+            // The vectors run to thousands of records: show where they part, and the target around it.
+            let window = |from: usize, len: usize| from.saturating_sub(3)..(from + 4).min(len);
+            let target_at = target.iter().position(|(offset, _)| *offset == first_copies[at].0).unwrap();
+            panic!(
+                "partition {partition}: the target order differs from the source at the {at}th record: source {:?}, \
+                 first copies (target offset, id) {:?}; target around it {:?}",
+                &source[window(at, source.len())],
+                &first_copies[window(at, first_copies.len())],
+                &target[window(target_at, target.len())],
+            );
+        }
     }
     duplicates
 }
