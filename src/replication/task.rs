@@ -235,6 +235,8 @@ struct Replication<'a> {
     settled: Vec<Pending>,
     /// Set for exactly-once delivery: the task's place in its transactional bucket.
     transaction: Option<Enlistment>,
+    /// Whether the log already said that the consumer delivered an offset the task had taken up (said once a run).
+    stale_fetch_reported: bool,
     last_acked_timestamp_ms: Option<i64>,
     /// Acknowledged records and bytes not yet added to the shared counters. All tasks of a topic share one
     /// counter (and all tasks of a flow one latency histogram), so per-record updates would contend across
@@ -381,6 +383,16 @@ impl Replication<'_> {
     /// over.
     async fn forward(&mut self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> Result<bool, TaskError> {
         let offset = message.offset();
+        let next = self.next_fetch();
+        if offset < next {
+            // Taken up already: a fetch from before the partition was last assigned. Written again, it would land
+            // after records that follow it in the source.
+            if !self.stale_fetch_reported {
+                warn!(task = %self.ctx.spec.id, offset, next, "the source consumer delivered a record this task already took up; dropped");
+                self.stale_fetch_reported = true;
+            }
+            return Ok(true);
+        }
         let timestamp_ms = message.timestamp().to_millis();
         let mut bytes = message.key_len() + message.payload_len();
         let mut headers = None;
@@ -872,6 +884,7 @@ pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), Ta
         position,
         ledger: Ledger::default(),
         settled: Vec::new(),
+        stale_fetch_reported: false,
         sink: AckSink::new(),
         acks: Vec::new(),
         transaction,
