@@ -761,3 +761,31 @@ pub async fn wait_exactly_once(bootstrap: &str, topic: &str, expected: &[Vec<Rec
         assert_exactly_once(bootstrap, topic, partition as i32, expected);
     }
 }
+
+/// How ferry got over a fault, for the fault table.
+pub enum Recovery {
+    /// The target caught up again this long after the fault ended.
+    After(Duration),
+    /// Replication never stopped.
+    NoInterruption,
+    /// The task waits, with the reason, for an operator (by design).
+    Operator,
+}
+
+/// Records one row of the fault table (docs/faults.md): printed, and appended to the file `$FERRY_FAULT_REPORT`
+/// names when it is set (`scripts/test` sets it and prints the run's table at the end). `lost` says what ferry
+/// lost (always 0) or what the source destroyed before ferry could copy it.
+pub fn report_fault(fault: &str, delivery: &str, lost: &str, duplicates: u64, recovery: Recovery) {
+    let recovered = match recovery {
+        Recovery::After(after) => format!("{:.1} s", after.as_secs_f64()),
+        Recovery::NoInterruption => "no interruption".to_owned(),
+        Recovery::Operator => "waits for an operator, with the reason (by design)".to_owned(),
+    };
+    let row = format!("{fault}\t{delivery}\t{lost}\t{duplicates}\t{recovered}");
+    eprintln!("fault report: {row}");
+    if let Some(path) = std::env::var_os("FERRY_FAULT_REPORT") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the fault report");
+        writeln!(file, "{row}").expect("append to the fault report");
+    }
+}

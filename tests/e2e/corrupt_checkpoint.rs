@@ -66,6 +66,13 @@ async fn a_damaged_checkpoint_entry_holds_back_only_its_task() {
         "the task of the damaged entry must not start from scratch"
     );
 
+    report_fault(
+        "a damaged checkpoint entry in etcd (its task waits, naming the key; the rest of the flow runs)",
+        "at-least-once",
+        "0",
+        0,
+        Recovery::Operator,
+    );
     client.delete(ghost_key.as_str(), None).await.unwrap();
     wait_for("the held-back partition replicated once its key is gone", Duration::from_secs(60), || {
         (end_offset(&env.target, &remote, DAMAGED) == RECORDS as i64).then_some(())

@@ -33,12 +33,14 @@ async fn kill9_mid_stream_then_restart_delivers_every_record_exactly_once() {
     ferry.kill9();
 
     let ferry = Ferry::start_with(state.path().join("ferry.yaml"), free_port(), &[]);
+    let restarted = std::time::Instant::now();
     feeder.await.unwrap();
     wait_for("every source record committed on the target", Duration::from_secs(120), || {
         let positions = stored_positions(state.path(), &flow);
         ((0..PARTITIONS).all(|p| positions.get(&(topic.clone(), p)) == Some(&(PER_PARTITION as i64)))).then_some(())
     })
     .await;
+    let recovered = restarted.elapsed();
     for (partition, expected) in all.iter().enumerate() {
         assert_exactly_once(&env.target, &target_topic, partition as i32, expected);
     }
@@ -48,6 +50,13 @@ async fn kill9_mid_stream_then_restart_delivers_every_record_exactly_once() {
     assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]).unwrap_or(0.0), 0.0);
     let logs = ferry.logs();
     assert!(logs.contains("transactional producer ready"), "{logs}");
+    report_fault(
+        "ferry killed (SIGKILL) mid-stream and restarted (until every record is committed)",
+        "exactly-once",
+        "0",
+        0,
+        Recovery::After(recovered),
+    );
 }
 
 /// The numbered records `from..to` of every partition.
@@ -120,6 +129,7 @@ async fn a_fleet_member_killed_and_a_zombie_woken_up_deliver_exactly_once_and_th
     .await;
     let (zombie, other) = (members[zombie].as_ref().unwrap(), members[other].as_ref().unwrap());
     zombie.signal("CONT");
+    let thawed = std::time::Instant::now();
     // Woken up, it still holds open transactions the other member's producers fenced: its late commit fails. (When
     // it rejoins and takes buckets back, its new producers fence the other member's in turn.)
     let fenced = |member: &Ferry| member.metric("ferry_producers_fenced_total", &[("flow", &flow)]).unwrap_or(0.0);
@@ -135,8 +145,19 @@ async fn a_fleet_member_killed_and_a_zombie_woken_up_deliver_exactly_once_and_th
     }
     assert!(zombie.logs().contains("was fenced"), "the zombie must say it was fenced:\n{}", zombie.logs());
 
+    let fenced_after = thawed.elapsed();
     feeder.await.unwrap();
     wait_exactly_once(&env.target, &format!("src.{topic}"), &all, Duration::from_secs(120)).await;
+    report_fault(
+        &format!(
+            "a fleet member killed (SIGKILL), then another frozen (SIGSTOP) past its lease and thawed: a zombie \
+             (lease TTL {TTL_SECONDS} s; until the zombie is fenced)"
+        ),
+        "exactly-once",
+        "0",
+        0,
+        Recovery::After(fenced_after),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,8 +183,16 @@ async fn a_target_broker_stopped_for_30_s_mid_stream_still_gets_every_record_onc
     node.stop();
     tokio::time::sleep(Duration::from_secs(30)).await;
     node.start();
+    let restarted = std::time::Instant::now();
     feeder.await.unwrap();
     wait_exactly_once(&target, &target_topic, &all, Duration::from_secs(180)).await;
+    report_fault(
+        "the whole target cluster stopped for 30 s mid-stream",
+        "exactly-once",
+        "0",
+        0,
+        Recovery::After(restarted.elapsed()),
+    );
     let committed = ferry.metric("ferry_transactions_total", &[("flow", &flow), ("result", "committed")]);
     assert!(committed.unwrap_or(0.0) > 0.0, "{}", ferry.logs());
 }

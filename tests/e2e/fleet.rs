@@ -86,6 +86,16 @@ async fn fleet_moves_tasks_of_a_killed_member_and_a_killed_leader_without_loss()
         assert_eq!(work["leader"], new_leader.as_str(), "an assignment by a deposed leader landed: {change:?}");
     }
     eprintln!("fleet kill test: tasks moved after {moved_after:?}, new leader after {elected_after:?}, {duplicates} duplicates");
+    report_fault(
+        &format!(
+            "a fleet member, then the leader, killed (SIGKILL) under load (lease TTL {TTL_SECONDS} s; until their \
+             tasks run elsewhere, the last of the two)"
+        ),
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(moved_after.max(elected_after)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,8 +183,10 @@ async fn a_member_frozen_past_its_lease_stops_its_tasks_and_rejoins() {
     })
     .await;
     first.signal("CONT");
+    let thawed = Instant::now();
     // Back, it learns its lease is gone, stops what it ran, and rejoins as a new member with a fair share.
     wait_balanced("6 tasks over 2 members again", &[&first, &second], 6, Duration::from_secs(60)).await;
+    let rebalanced = thawed.elapsed();
     assert!(first.logs().contains("lease expired"), "the member must say why it stopped:\n{}", first.logs());
 
     feeder.await.unwrap();
@@ -182,6 +194,13 @@ async fn a_member_frozen_past_its_lease_stops_its_tasks_and_rejoins() {
     let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
     assert_one_owner_at_a_time(&history(&etcd, &prefix, started_at).await);
     eprintln!("frozen member test: {duplicates} duplicates");
+    report_fault(
+        "a fleet member frozen (SIGSTOP) past its lease, then thawed (until the fleet is balanced again)",
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(rebalanced),
+    );
 }
 
 /// An etcd of the test's own, so stopping it disturbs no other test.
@@ -283,6 +302,7 @@ async fn replication_continues_while_etcd_is_stopped_for_30_s() {
     assert!(replicated_during > 1_000, "only {replicated_during} records replicated while etcd was down");
     assert!(members.iter().all(|m| m.get("/healthz").is_some()), "a member died while etcd was down");
     etcd.start();
+    let restarted = Instant::now();
 
     feeder.await.unwrap();
     wait_replicated(&env, &topic, PARTITIONS, Duration::from_secs(120)).await;
@@ -294,7 +314,15 @@ async fn replication_continues_while_etcd_is_stopped_for_30_s() {
         (stored == source_total).then_some(())
     })
     .await;
+    let checkpointed = restarted.elapsed();
     assert_eq!(members.iter().filter_map(owned).sum::<i64>(), 4, "the members kept their tasks through the outage");
     let duplicates = assert_nothing_lost(&env, &topic, PARTITIONS);
     assert_eq!(duplicates, 0, "no member restarted, so nothing was sent twice");
+    report_fault(
+        "etcd stopped for 30 s under a 2-member fleet (replication goes on; until checkpoints caught up)",
+        "at-least-once",
+        "0",
+        0,
+        Recovery::After(checkpointed),
+    );
 }

@@ -38,6 +38,14 @@ async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
     let duplicates = end_offset(&env.target, &target_topic, 0) - 10;
     wait_for_all_21_records(&env.target, &target_topic, &records, duplicates).await;
     assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]), Some(duplicates as f64));
+    report_fault(
+        "a record larger than the target accepts (the task pauses before it, naming its offset; duplicates once \
+         the target accepts it)",
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::Operator,
+    );
 }
 
 /// A record the target broker refuses (its topic allows no records older than an hour; the source does) while

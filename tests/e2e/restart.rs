@@ -1,7 +1,7 @@
 //! kill -9 mid-stream and restart: nothing lost, duplicates only after the last checkpoint, and counted.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 
@@ -51,6 +51,7 @@ async fn kill9_then_restart_loses_nothing_and_counts_duplicates() {
         (0..PARTITIONS).map(|p| (p, end_offset(&env.target, &target_topic, p))).collect();
 
     let ferry = Ferry::start_with(state.path().join("ferry.yaml"), free_port(), &[]);
+    let restarted = Instant::now();
     feeder.await.unwrap();
     // Every source record acknowledged (and checkpointed) means every record is on the target.
     wait_for("every source record acknowledged", Duration::from_secs(120), || {
@@ -58,6 +59,7 @@ async fn kill9_then_restart_loses_nothing_and_counts_duplicates() {
         ((0..PARTITIONS).all(|p| positions.get(&(topic.clone(), p)) == Some(&(PER_PARTITION as i64)))).then_some(())
     })
     .await;
+    let recovered = restarted.elapsed();
 
     let mut duplicates = 0;
     for partition in 0..PARTITIONS {
@@ -89,4 +91,11 @@ async fn kill9_then_restart_loses_nothing_and_counts_duplicates() {
     })
     .await;
     assert_eq!(counted as i64, duplicates, "ferry_duplicates_total must equal the duplicates on the target");
+    report_fault(
+        "ferry killed (SIGKILL) mid-stream and restarted (until every record is acknowledged)",
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(recovered),
+    );
 }

@@ -113,7 +113,9 @@ async fn a_source_topic_deleted_and_recreated_is_replicated_from_its_beginning_a
     };
 
     // The records of the old topics ferry saw and never copied are counted, exactly, per flow and topic.
-    for (flow, topic) in [(&alo_flow, &alo), (&eos_flow, &eos)] {
+    for ((flow, topic), delivery) in
+        [(&alo_flow, &alo), (&eos_flow, &eos)].into_iter().zip(["at-least-once", "exactly-once"])
+    {
         let never_copied: u64 =
             (0..PARTITIONS).map(|partition| OLD_RECORDS - copied_of_old[&(topic.clone(), partition)]).sum();
         assert!(never_copied > 0, "{topic}: the throttle let ferry copy everything; the test proves nothing");
@@ -125,6 +127,17 @@ async fn a_source_topic_deleted_and_recreated_is_replicated_from_its_beginning_a
         };
         wait_for("the loss counted", Duration::from_secs(10), || (counted()? == never_copied as f64).then_some(()))
             .await;
+        report_fault(
+            "a source topic deleted and created again under a running ferry (the new topic replicated from its \
+             beginning)",
+            delivery,
+            &format!(
+                "{never_copied} of the old topic deleted before ferry copied them, counted exactly (reason \
+                      source_topic_recreated)"
+            ),
+            0,
+            Recovery::NoInterruption,
+        );
     }
     let logs = ferry.logs();
     assert!(logs.contains("the source topic was deleted and created again"), "{logs}");

@@ -86,6 +86,13 @@ async fn records_deleted_by_the_source_before_ferry_copied_them_are_counted_and_
     assert_eq!(row["may_redeliver"], 0, "{row}");
     let note = row["note"].as_str().unwrap_or_default();
     assert!(note.contains("100..=249") && note.contains("130 from this offset"), "the gap is reported: {row}");
+    report_fault(
+        "the source deleted records past ferry's checkpoint while ferry was stopped (DeleteRecords)",
+        "at-least-once",
+        "150 deleted by the source, counted exactly (reason source_retention)",
+        0,
+        Recovery::NoInterruption,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,4 +136,11 @@ async fn retention_overtaking_a_running_lagging_task_is_counted_exactly() {
     let expected: Vec<String> =
         (0..copied_before_the_gap).chain(8_000..10_000).map(|seq| Record::numbered(&topic, 0, seq).id()).collect();
     assert_eq!(replicated, expected, "{lost} counted as lost");
+    report_fault(
+        "source retention overtook a running, lagging task",
+        "at-least-once",
+        &format!("{lost} deleted by the source, counted exactly (reason source_retention)"),
+        0,
+        Recovery::NoInterruption,
+    );
 }

@@ -40,6 +40,7 @@ async fn records_wait_out_a_target_outage_and_arrive_once() {
     })
     .await;
     node.start();
+    let restarted = std::time::Instant::now();
     for (partition, records) in records.iter().enumerate() {
         produce(&producer, &topic, partition as i32, &records[2_000..]).await;
     }
@@ -47,6 +48,7 @@ async fn records_wait_out_a_target_outage_and_arrive_once() {
         ((0..2).all(|p| end_offset(&target, &target_topic, p) >= 3_000)).then_some(())
     })
     .await;
+    let recovered = restarted.elapsed();
     for (partition, expected) in records.iter().enumerate() {
         let replicated: Vec<Record> =
             read_partition(&target, &target_topic, partition as i32).into_iter().map(|(_, r)| r).collect();
@@ -54,4 +56,11 @@ async fn records_wait_out_a_target_outage_and_arrive_once() {
         assert_eq!(&replicated, expected, "partition {partition}");
     }
     assert_eq!(ferry.metric("ferry_task_failures_total", &[("flow", &flow)]), Some(0.0), "{}", ferry.logs());
+    report_fault(
+        "the whole target cluster stopped, then started again",
+        "at-least-once",
+        "0",
+        0,
+        Recovery::After(recovered),
+    );
 }

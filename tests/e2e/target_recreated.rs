@@ -43,4 +43,11 @@ async fn a_target_topic_recreated_under_ferry_pauses_the_task_with_the_reason() 
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(failures() - before <= 2.0, "{} failures in 4 s: a restart loop\n{}", failures() - before, ferry.logs());
     assert_eq!(stored_positions(state.path(), &flow).get(&(topic.clone(), 0)), Some(&200));
+    report_fault(
+        "the target topic deleted and created again under ferry (the task pauses, naming the topic)",
+        "at-least-once",
+        "0",
+        0,
+        Recovery::Operator,
+    );
 }

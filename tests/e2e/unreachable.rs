@@ -43,6 +43,7 @@ flows:
     assert_eq!(ferry.metric("ferry_cluster_up", &[("cluster", "late-east")]), Some(0.0));
 
     node.start();
+    let started = std::time::Instant::now();
     create_topic(&late_source, &topic, 1, &[]).await;
     let records: Vec<Record> = (0..100).map(|seq| Record::numbered(&topic, 0, seq)).collect();
     produce(&producer(&late_source), &topic, 0, &records).await;
@@ -55,4 +56,11 @@ flows:
     let replicated: Vec<Record> = read_partition(&env.target, &target_topic, 0).into_iter().map(|(_, r)| r).collect();
     assert_eq!(replicated, records);
     wait_for("ferry ready", Duration::from_secs(30), || (ferry.get("/readyz")?.0 == 200).then_some(())).await;
+    report_fault(
+        "the source cluster unreachable when ferry starts, then started (until its records are on the target)",
+        "at-least-once",
+        "0",
+        0,
+        Recovery::After(started.elapsed()),
+    );
 }

@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -44,7 +44,7 @@ fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
 
 /// Every source record is on the target, in source order once duplicates are removed, and the duplicates are
 /// exactly those ferry counted.
-async fn wait_at_least_once(env: &TestEnv, ferry: &Ferry, flow: &str, topic: &str, expected: &[Vec<Record>]) {
+async fn wait_at_least_once(env: &TestEnv, ferry: &Ferry, flow: &str, topic: &str, expected: &[Vec<Record>]) -> usize {
     let target_topic = format!("src.{topic}");
     let copies = wait_for("every record on the target", Duration::from_secs(180), || {
         let mut copies = BTreeMap::new();
@@ -70,6 +70,7 @@ async fn wait_at_least_once(env: &TestEnv, ferry: &Ferry, flow: &str, topic: &st
     let duplicates: usize = copies.values().sum();
     let counted = ferry.metric("ferry_duplicates_total", &[("flow", flow)]).unwrap_or(0.0) as usize;
     assert_eq!(duplicates, counted, "duplicates on the target must be the ones counted");
+    duplicates
 }
 
 /// Replicates an at-least-once and an exactly-once flow while the leader of partition 0 on `cluster` (`source` or
@@ -113,13 +114,19 @@ async fn leader_killed_mid_stream(cluster: &str) {
     dev_env(&["kill", cluster, &leader]);
     tokio::time::sleep(Duration::from_secs(20)).await;
     dev_env(&["start", cluster, &leader]);
+    let restarted = Instant::now();
     for feeder in feeders {
         feeder.await.unwrap();
     }
 
-    wait_at_least_once(&env, &ferry, &alo_flow, &alo, &alo_records).await;
+    let duplicates = wait_at_least_once(&env, &ferry, &alo_flow, &alo, &alo_records).await;
+    let alo_recovered = restarted.elapsed();
     wait_exactly_once(&env.target, &format!("src.{eos}"), &eos_records, Duration::from_secs(180)).await;
+    let eos_recovered = restarted.elapsed();
     assert_eq!(ferry.metric("ferry_records_lost_total", &[("flow", &alo_flow)]).unwrap_or(0.0), 0.0);
+    let fault = format!("{cluster} partition leader killed (SIGKILL) mid-stream, restarted 20 s later (3 brokers)");
+    report_fault(&fault, "at-least-once", "0", duplicates as u64, Recovery::After(alo_recovered));
+    report_fault(&fault, "exactly-once", "0", 0, Recovery::After(eos_recovered));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

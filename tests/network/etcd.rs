@@ -52,8 +52,9 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
     // again, so the stall below starts on a member with a lease, as a cut-off member would in production.
     let writes = || ferry.metric("ferry_checkpoint_writes_total", &[("flow", &flow)]).unwrap_or(0.0) as i64;
     let owns_all = || owned(&ferry) == Some(i64::from(PARTITIONS));
-    reset_rounds(&proxy, "every task owned and a checkpoint written", writes, |mark| owns_all() && writes() > mark)
-        .await;
+    let after_resets =
+        reset_rounds(&proxy, "every task owned and a checkpoint written", writes, |mark| owns_all() && writes() > mark)
+            .await;
 
     let stalled = Instant::now();
     note("stall on");
@@ -73,7 +74,9 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
     assert_eq!(writes_in_stall, writes_before, "checkpoints written through a stalled link");
     proxy.remove_both_ways("stall");
     note("stall off");
+    let lifted = Instant::now();
     wait_for("a checkpoint written after the stall", RECOVERY, || (writes() > writes_in_stall).then_some(())).await;
+    let after_stall = lifted.elapsed();
     note("a checkpoint written after the stall");
     let etcd_errors = ferry.metric("ferry_etcd_errors_total", &[]).unwrap_or(0.0);
     assert!(etcd_errors > 0.0, "ferry saw no etcd error from the resets and the stall; logs:\n{}", ferry.logs());
@@ -95,4 +98,21 @@ async fn resets_and_a_stall_between_ferry_and_etcd_lose_nothing_and_checkpoints_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("etcd link: {duplicates} duplicates, all counted; {etcd_errors} etcd errors");
+    report_fault(
+        &format!(
+            "{RESET_ROUNDS} rounds of connection resets between ferry and etcd, 100 ms latency (until every task is \
+             owned and checkpointed again)"
+        ),
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(after_resets),
+    );
+    report_fault(
+        "30 s stall between ferry and etcd (replication goes on; until the next checkpoint)",
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(after_stall),
+    );
 }

@@ -58,6 +58,7 @@ async fn a_partition_moves_to_another_member_only_once_its_records_are_acknowled
     );
     node.proxy.remove_both_ways("stall");
     note("stall lifted");
+    let lifted = std::time::Instant::now();
 
     wait_balanced(
         "the partitions shared once member A's records are acknowledged",
@@ -73,6 +74,14 @@ async fn a_partition_moves_to_another_member_only_once_its_records_are_acknowled
     let counted: f64 =
         [&a, &b].iter().map(|member| member.metric("ferry_duplicates_total", &[("flow", &flow)]).unwrap_or(0.0)).sum();
     assert_eq!(duplicates, counted as usize, "duplicates on the target must be the ones counted");
+    report_fault(
+        "a member joins while the target stalls for the member that holds the partitions (hand-over waits for the \
+         records in flight)",
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(lifted.elapsed()),
+    );
 }
 
 /// A member stopped (SIGTERM) while the target does not answer purges what its producer still holds before it writes

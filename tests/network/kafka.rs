@@ -58,7 +58,7 @@ async fn resets_and_a_stall_under_latency(side: Side) {
     // Recovered: the target holds as many records as the source had when the fault was lifted.
     let produced = || total_end_offset(&source, &topic);
     let caught_up = |mark: i64| total_end_offset(&target, &target_topic) >= mark;
-    reset_rounds(&node.proxy, "replication", produced, caught_up).await;
+    let after_resets = reset_rounds(&node.proxy, "replication", produced, caught_up).await;
     let errors = ferry.metric("ferry_client_errors_total", &[("cluster", faulty)]).unwrap_or(0.0);
     assert!(errors > 0.0, "ferry's clients saw no error from the resets on {faulty}; logs:\n{}", ferry.logs());
 
@@ -71,13 +71,32 @@ async fn resets_and_a_stall_under_latency(side: Side) {
     assert_eq!(total_end_offset(&target, &target_topic), frozen, "records replicated through a stalled link");
     node.proxy.remove_both_ways("stall");
     note("stall off");
-    let mark = produced();
+    let (mark, lifted) = (produced(), std::time::Instant::now());
     wait_for("replication after the stall", RECOVERY, || caught_up(mark).then_some(())).await;
+    let after_stall = lifted.elapsed();
     note("replication after the stall");
 
     feeder.await.unwrap();
     let duplicates = wait_at_least_once(&ferry, &flow, &target, &target_topic, &records).await;
     eprintln!("{side:?} link: {duplicates} duplicates, all counted; {errors} client errors after the resets");
+    let link = match side {
+        Side::Source => "source",
+        Side::Target => "target",
+    };
+    report_fault(
+        &format!("{RESET_ROUNDS} rounds of connection resets between ferry and the {link} cluster, 100 ms latency"),
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(after_resets),
+    );
+    report_fault(
+        &format!("30 s stall between ferry and the {link} cluster, 100 ms latency"),
+        "at-least-once",
+        "0",
+        duplicates as u64,
+        Recovery::After(after_stall),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

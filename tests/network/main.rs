@@ -66,17 +66,20 @@ fn total_end_offset(bootstrap: &str, topic: &str) -> i64 {
 
 /// Resets every connection through `proxy` (both ways, as soon as data flows) for [`RESET_HOLD`], [`RESET_ROUNDS`]
 /// times; after each round, waits until `recovered(mark())`, `mark` read as the resets stop.
-async fn reset_rounds(proxy: &Proxy, what: &str, mark: impl Fn() -> i64, recovered: impl Fn(i64) -> bool) {
+async fn reset_rounds(proxy: &Proxy, what: &str, mark: impl Fn() -> i64, recovered: impl Fn(i64) -> bool) -> Duration {
+    let mut longest = Duration::ZERO;
     for round in 1..=RESET_ROUNDS {
         note(&format!("resets on ({round}/{RESET_ROUNDS})"));
         proxy.add_both_ways("reset", Toxic::ResetPeer { after_ms: 0 });
         tokio::time::sleep(RESET_HOLD).await;
         proxy.remove_both_ways("reset");
         note("resets off");
-        let mark = mark();
+        let (mark, lifted) = (mark(), std::time::Instant::now());
         wait_for(&format!("{what} after reset round {round}"), RECOVERY, || recovered(mark).then_some(())).await;
+        longest = longest.max(lifted.elapsed());
         note(&format!("{what} after reset round {round}"));
     }
+    longest
 }
 
 /// Every source record is on the target in source order once duplicates are removed, nothing is counted lost, and
