@@ -39,6 +39,14 @@ pub struct FlowConfig {
     /// Cluster `client` properties this flow accepts although they weaken a guarantee (`acks`, ...); default none.
     #[serde(default)]
     pub allow_unsafe_client_properties: Vec<String>,
+    /// Mirror the ACLs that allow READ or DESCRIBE on a replicated source topic onto its target topic, as MirrorMaker
+    /// 2 does; default `true`.
+    #[serde(default = "enabled")]
+    pub sync_topic_acls: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 impl FlowConfig {

@@ -12,6 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use crate::config::ClusterConfig;
 use crate::kafka::{client_config, ClientError, ClusterContext, Role, REQUEST_TIMEOUT};
 use crate::ops::metrics::Metrics;
+use crate::topics::acls::{self, TopicAcl};
 
 /// Errors of an admin request.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,18 @@ impl ClusterAdmin {
             source: Box::new(source),
             client_error: crate::kafka::recent_client_error(&self.alias, CLIENT_ERROR_RECENT),
         }
+    }
+
+    /// The ACLs allowing an operation on a topic named literally; `None` when the cluster has no authorizer.
+    pub async fn topic_acls(&self) -> Result<Option<Vec<TopicAcl>>, AdminError> {
+        tokio::task::block_in_place(|| acls::describe(self.admin.inner(), REQUEST_TIMEOUT))
+            .map_err(self.request_error("describe ACLs"))
+    }
+
+    /// Creates `acls`, each allowing its operation on its topic.
+    pub async fn create_topic_acls(&self, acls: &[TopicAcl]) -> Result<(), AdminError> {
+        tokio::task::block_in_place(|| acls::create(self.admin.inner(), acls, REQUEST_TIMEOUT))
+            .map_err(self.request_error("create ACLs"))
     }
 
     /// Every topic on the cluster with its partition count.

@@ -4,8 +4,8 @@
 //! Invariant: a cluster that cannot be reached never stops tasks. Its flows keep the tasks found last time
 //! (librdkafka keeps retrying underneath), and only a successful look shrinks or grows the set.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use crate::config::TopicFilter;
 use crate::ops::metrics::Metrics;
 use crate::replication::progress::TaskId;
-use crate::topics::admin::{ClusterAdmin, TopicInfo};
+use crate::topics::acls;
+use crate::topics::admin::{AdminError, ClusterAdmin, TopicInfo};
 use crate::topics::naming::TopicNaming;
 use crate::topics::sync::{self, TopicPair};
 
@@ -47,6 +48,8 @@ pub struct FlowTopics {
     pub filter: TopicFilter,
     /// Naming policy.
     pub naming: TopicNaming,
+    /// Whether the source topics' READ and DESCRIBE ACLs are mirrored onto the target topics.
+    pub sync_topic_acls: bool,
 }
 
 impl FlowTopics {
@@ -61,6 +64,7 @@ impl FlowTopics {
             target: flow.target.clone(),
             filter: flow.topic_filter()?,
             naming: TopicNaming::for_flow(config, flow),
+            sync_topic_acls: flow.sync_topic_acls,
         })
     }
 
@@ -138,12 +142,14 @@ pub struct Discovery {
     flows: Vec<FlowTopics>,
     admins: BTreeMap<String, Arc<ClusterAdmin>>,
     metrics: Metrics,
+    /// The last ACL sync failure per flow, so each is logged once rather than every interval.
+    acl_sync_failures: Mutex<BTreeMap<String, String>>,
 }
 
 impl Discovery {
     /// Discovery over `flows`, with an admin client per cluster alias they use.
     pub fn new(flows: Vec<FlowTopics>, admins: BTreeMap<String, Arc<ClusterAdmin>>, metrics: Metrics) -> Self {
-        Self { flows, admins, metrics }
+        Self { flows, admins, metrics, acl_sync_failures: Mutex::default() }
     }
 
     fn admin(&self, alias: &str) -> &ClusterAdmin {
@@ -229,6 +235,9 @@ impl Discovery {
                 return Err(format!("flow {}: {error}", flow.name));
             }
         };
+        if flow.sync_topic_acls {
+            self.sync_acls(flow, &pairs, &ready).await;
+        }
         let mut tasks = BTreeMap::new();
         for pair in pairs.iter().filter(|pair| ready.contains(&pair.source)) {
             for partition in 0..pair.partitions {
@@ -237,6 +246,54 @@ impl Discovery {
             }
         }
         Ok(tasks)
+    }
+
+    /// Creates on the target the ACLs that the source's ACLs on the flow's replicated topics imply (see
+    /// [`acls`]). A failure is logged (once until it changes) and does not hold up replication.
+    async fn sync_acls(&self, flow: &FlowTopics, pairs: &[TopicPair], ready: &[String]) {
+        let remote: BTreeMap<String, String> = pairs
+            .iter()
+            .filter(|pair| ready.contains(&pair.source))
+            .map(|pair| (pair.source.clone(), pair.target.clone()))
+            .collect();
+        let (source, target) = (self.admin(&flow.source), self.admin(&flow.target));
+        let outcome = async {
+            // A cluster without an authorizer has no ACLs to copy, or none to set.
+            let Some(source_acls) = source.topic_acls().await? else { return Ok(0) };
+            let wanted = acls::mirrored(&source_acls, &remote);
+            if wanted.is_empty() {
+                return Ok(0);
+            }
+            let Some(existing) = target.topic_acls().await? else { return Ok(0) };
+            let existing: BTreeSet<acls::TopicAcl> = existing.into_iter().collect();
+            let missing: Vec<acls::TopicAcl> = wanted.difference(&existing).cloned().collect();
+            target.create_topic_acls(&missing).await?;
+            Ok::<usize, AdminError>(missing.len())
+        }
+        .await;
+        let mut failures = self.acl_sync_failures.lock().expect("ACL sync failures lock poisoned");
+        match outcome {
+            Ok(created) => {
+                if created > 0 {
+                    info!(flow = flow.name.as_str(), created, "created target topic ACLs mirrored from the source");
+                }
+                if failures.remove(&flow.name).is_some() {
+                    info!(flow = flow.name.as_str(), "topic ACL sync works again");
+                }
+            }
+            Err(error) => {
+                let error = error.to_string();
+                if failures.get(&flow.name) != Some(&error) {
+                    warn!(
+                        flow = flow.name.as_str(),
+                        %error,
+                        "cannot sync topic ACLs (ferry's principal needs DESCRIBE on the source cluster and ALTER on \
+                         the target cluster; set sync_topic_acls: false to turn it off); replication goes on"
+                    );
+                    failures.insert(flow.name.clone(), error);
+                }
+            }
+        }
     }
 
     /// The tasks of `tasks` that belong to a configured flow, as a not yet complete look: a new controller starts

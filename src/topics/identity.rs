@@ -3,16 +3,18 @@
 //! the new one.
 //!
 //! rdkafka does not wrap DescribeTopics, librdkafka's only call that returns topic ids, so this module calls
-//! librdkafka's C API directly; it is the only admin request ferry makes that way.
+//! librdkafka's C API directly (through [`super::native`]).
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
 use rdkafka::client::{Client, ClientContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
+
+use super::native::{self, Owned};
 
 /// Kafka's id of a topic, in the base64 form Kafka's own tools print.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,21 +40,6 @@ impl std::fmt::Display for TopicId {
     }
 }
 
-/// A librdkafka object destroyed when dropped.
-struct Owned<T> {
-    ptr: *mut T,
-    destroy: unsafe extern "C" fn(*mut T),
-}
-
-impl<T> Drop for Owned<T> {
-    fn drop(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: `ptr` came from the librdkafka constructor matching `destroy` and is destroyed only here.
-            unsafe { (self.destroy)(self.ptr) }
-        }
-    }
-}
-
 /// The ids of those of `topics` that exist on the cluster `client` talks to; a topic that does not exist (or is
 /// being deleted) is left out. Blocks for up to `timeout` (one request to a broker).
 pub fn topic_ids<C: ClientContext>(
@@ -69,7 +56,7 @@ pub fn topic_ids<C: ClientContext>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| KafkaError::AdminOpCreation("a topic name holds a NUL byte".to_owned()))?;
     let mut name_pointers: Vec<*const c_char> = names.iter().map(|name| name.as_ptr()).collect();
-    let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+    let timeout_ms = native::millis(timeout);
     let rk = client.native_ptr();
     // SAFETY: every pointer handed to librdkafka is valid for the call (the names outlive the collection, which
     // copies them); every object librdkafka returns is owned by an `Owned` and destroyed once; the descriptions read
@@ -79,35 +66,10 @@ pub fn topic_ids<C: ClientContext>(
             ptr: rd::rd_kafka_TopicCollection_of_topic_names(name_pointers.as_mut_ptr(), name_pointers.len()),
             destroy: rd::rd_kafka_TopicCollection_destroy,
         };
-        let options = Owned {
-            ptr: rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS),
-            destroy: rd::rd_kafka_AdminOptions_destroy,
-        };
-        let mut error_text = [0 as c_char; 256];
-        let set = rd::rd_kafka_AdminOptions_set_request_timeout(
-            options.ptr,
-            timeout_ms,
-            error_text.as_mut_ptr(),
-            error_text.len(),
-        );
-        if set != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            let text = CStr::from_ptr(error_text.as_ptr()).to_string_lossy().into_owned();
-            return Err(KafkaError::AdminOpCreation(text));
-        }
-        let queue = Owned { ptr: rd::rd_kafka_queue_new(rk), destroy: rd::rd_kafka_queue_destroy };
+        let options = native::options(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS, timeout_ms)?;
+        let queue = native::queue(rk);
         rd::rd_kafka_DescribeTopics(rk, collection.ptr, options.ptr, queue.ptr);
-        // The request's own timeout ends it with an error event; the margin lets that event, not this wait, say so.
-        let event = Owned {
-            ptr: rd::rd_kafka_queue_poll(queue.ptr, timeout_ms.saturating_add(5_000)),
-            destroy: rd::rd_kafka_event_destroy,
-        };
-        if event.ptr.is_null() {
-            return Err(KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut));
-        }
-        let code = rd::rd_kafka_event_error(event.ptr);
-        if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            return Err(KafkaError::AdminOp(code.into()));
-        }
+        let event = native::answer(&queue, timeout_ms)?;
         let result = rd::rd_kafka_event_DescribeTopics_result(event.ptr);
         if result.is_null() {
             return Err(KafkaError::AdminOpCreation("DescribeTopics answered with another event".to_owned()));

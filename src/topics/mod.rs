@@ -6,10 +6,13 @@
 //!
 //! Layout: [`naming`] (remote names, what never replicates), [`discovery`] (wanted tasks from source metadata),
 //! [`sync`] (target topics created and kept in step), [`admin`] (metadata and admin requests to one cluster),
-//! [`identity`] (topic ids: a topic deleted and created again is another topic).
+//! [`identity`] (topic ids: a topic deleted and created again is another topic), [`acls`] (topic ACLs mirrored to
+//! the target), [`native`] (the admin requests rdkafka does not wrap).
 
+pub mod acls;
 pub mod admin;
 pub mod discovery;
 pub mod identity;
 pub mod naming;
+mod native;
 pub mod sync;

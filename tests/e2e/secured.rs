@@ -422,6 +422,14 @@ async fn a_source_user_without_acls_is_named_with_the_acl_and_recovers_once_gran
 
 /// Grants `user` DESCRIBE and READ on `topic` of the source, with Kafka's own ACL tool as the admin user.
 fn grant_read(env: &SecureEnv, dir: &Path, user: &str, topic: &str) {
+    let principal = format!("User:{user}");
+    let grant =
+        ["--add", "--allow-principal", &principal, "--operation", "Describe", "--operation", "Read", "--topic", topic];
+    acl_tool(env, dir, &env.source, &grant);
+}
+
+/// Runs Kafka's own ACL tool as the admin user against `bootstrap` with `args`; what it printed.
+fn acl_tool(env: &SecureEnv, dir: &Path, bootstrap: &str, args: &[&str]) -> String {
     let properties = dir.join("acl-admin.properties");
     std::fs::write(
         &properties,
@@ -436,17 +444,105 @@ fn grant_read(env: &SecureEnv, dir: &Path, user: &str, topic: &str) {
     )
     .unwrap();
     let output = Command::new(repo_root().join("scripts/kafka-tool"))
-        .args(["org.apache.kafka.tools.AclCommand", "--bootstrap-server", &env.source, "--command-config"])
+        .args(["org.apache.kafka.tools.AclCommand", "--bootstrap-server", bootstrap, "--command-config"])
         .arg(&properties)
-        .args(["--add", "--allow-principal", &format!("User:{user}"), "--operation", "Describe"])
-        .args(["--operation", "Read", "--topic", topic])
+        .args(args)
         .env("FERRY_KAFKA_LIB", &env.plain.kafka_lib)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "kafka AclCommand failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "kafka AclCommand {args:?} failed: {printed}");
+    printed
+}
+
+/// The records of `topic`[0] as `login` reads them on the target in consumer group `group`; `None` while the
+/// cluster does not let it (no ACL yet).
+fn read_as(env: &SecureEnv, login: &Login, group: &str, topic: &str, expected: usize) -> Option<Vec<Record>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer =
+        env.client(&env.target, login).set("group.id", group).set("enable.auto.commit", "false").create().ok()?;
+    let (low, _) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).ok()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Offset(low)).ok()?;
+    consumer.assign(&assignment).ok()?;
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while records.len() < expected && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => records.push(Record {
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                headers: rdkafka::message::Headers::iter(message.headers()?)
+                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                    .collect(),
+                timestamp: message.timestamp(),
+            }),
+            Some(Err(_)) => return None,
+            None => {}
+        }
+    }
+    (records.len() == expected).then_some(records)
+}
+
+/// Topic ACL sync, as MirrorMaker 2 does it: whoever may read a replicated topic on the source may read its replica
+/// on the target; ALL becomes READ, and WRITE is never granted on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_acls_are_mirrored_so_a_source_reader_reads_the_replica_and_write_is_never_granted() {
+    let env = secure_env!();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(&env, dir.path(), "acl-sync");
+    let fed = setup.feed(1, 20).await;
+    let limited = &env.limited;
+    grant_read(&env, dir.path(), &limited.username, &setup.topic);
+    let (owner, producer_principal) = (format!("User:{}", unique("owner")), format!("User:{}", unique("producer")));
+    acl_tool(
+        &env,
+        dir.path(),
+        &env.source,
+        &["--add", "--allow-principal", &owner, "--operation", "All", "--topic", &setup.topic],
     );
+    acl_tool(
+        &env,
+        dir.path(),
+        &env.source,
+        &["--add", "--allow-principal", &producer_principal, "--operation", "Write", "--topic", &setup.topic],
+    );
+    let target_topic = format!("src.{}", setup.topic);
+    // Group ACLs are the operator's to grant (neither MirrorMaker 2 nor ferry syncs them).
+    let group = unique("limited-reader");
+    let principal = format!("User:{}", limited.username);
+    acl_tool(
+        &env,
+        dir.path(),
+        &env.target,
+        &["--add", "--allow-principal", &principal, "--operation", "Read", "--group", &group],
+    );
+    assert!(
+        read_as(&env, limited, &group, &target_topic, 20).is_none(),
+        "the limited user reads the target before any sync"
+    );
+
+    let ferry = setup.start();
+    let read = wait_for("the source's reader reading the replica on the target", Duration::from_secs(120), || {
+        read_as(&env, limited, &group, &target_topic, 20)
+    })
+    .await;
+    assert!(read == fed[0], "the limited user read something else than was replicated");
+    let listed = acl_tool(&env, dir.path(), &env.target, &["--list", "--topic", &target_topic]);
+    let lines_of = |principal: &str| -> Vec<String> {
+        listed.lines().filter(|line| line.contains(&format!("principal={principal},"))).map(str::to_owned).collect()
+    };
+    let limited_lines = lines_of(&format!("User:{}", limited.username));
+    assert!(
+        limited_lines.iter().any(|line| line.contains("operation=READ"))
+            && limited_lines.iter().any(|line| line.contains("operation=DESCRIBE")),
+        "{listed}"
+    );
+    let owner_lines = lines_of(&owner);
+    assert!(owner_lines.len() == 1 && owner_lines[0].contains("operation=READ"), "ALL becomes READ: {listed}");
+    assert!(lines_of(&producer_principal).is_empty(), "WRITE must never be granted on the target: {listed}");
+    assert!(!listed.contains("operation=ALL") && !listed.contains("operation=WRITE"), "{listed}");
+    assert!(ferry.logs().contains("created target topic ACLs mirrored from the source"), "{}", ferry.logs());
+    assert_nothing_shows_a_secret(&setup, &ferry).await;
 }

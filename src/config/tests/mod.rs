@@ -213,6 +213,7 @@ fn full_example_round_trips() {
                 },
                 emit_mm2_checkpoints: false,
                 allow_unsafe_client_properties: Vec::new(),
+                sync_topic_acls: true,
             },
             FlowConfig {
                 name: "west-to-east".into(),
@@ -231,6 +232,7 @@ fn full_example_round_trips() {
                 sync_group_offsets: GroupOffsetSync::default(),
                 emit_mm2_checkpoints: false,
                 allow_unsafe_client_properties: Vec::new(),
+                sync_topic_acls: true,
             },
         ],
         throttles: vec![
