@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tracing::warn;
 
 use crate::config::{ConfigError, EtcdConfig};
 use crate::ops::metrics::Metrics;
@@ -66,6 +67,9 @@ impl std::fmt::Debug for Etcd {
     }
 }
 
+/// Whether the warning about a password over plain http was logged (once a process).
+static PLAIN_PASSWORD_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Etcd {
     /// Connects to `config.endpoints`. The connection is lazy: an unreachable etcd shows up on the first request.
     pub async fn connect(config: &EtcdConfig, metrics: &Metrics) -> Result<Self, EtcdError> {
@@ -79,6 +83,21 @@ impl Etcd {
             // instead of failing every request from then on.
             .with_auto_token_refresh(true);
         if let (Some(user), Some(password)) = (&config.username, config.resolve_password()?) {
+            // etcd-client gives an endpoint without a scheme https only when TLS is configured.
+            let plain: Vec<&str> = config
+                .endpoints
+                .iter()
+                .map(String::as_str)
+                .filter(|e| e.starts_with("http://") || (config.tls.is_none() && !e.starts_with("https://")))
+                .collect();
+            if !plain.is_empty() && !PLAIN_PASSWORD_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!(
+                    endpoints = plain.join(","),
+                    user = user.as_str(),
+                    "checkpoint.etcd.password is sent to etcd over plain http, readable by anyone on the path; use \
+                     https:// endpoints with checkpoint.etcd.tls"
+                );
+            }
             options = options.with_user(user.clone(), password.expose().to_owned());
         }
         if let Some(tls) = &config.tls {

@@ -546,3 +546,53 @@ async fn topic_acls_are_mirrored_so_a_source_reader_reads_the_replica_and_write_
     assert!(ferry.logs().contains("created target topic ACLs mirrored from the source"), "{}", ferry.logs());
     assert_nothing_shows_a_secret(&setup, &ferry).await;
 }
+
+/// A password for etcd given with plain http endpoints travels readable: ferry warns once, naming the endpoints,
+/// and never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_password_over_plain_http_is_warned_about_without_showing_it() {
+    let env = test_env!();
+    let [etcd] = dev_env_vars!("FERRY_TEST_ETCD_ENDPOINTS");
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("secret-{}", unique("etcd-password"));
+    let endpoint = etcd.split(',').next().unwrap().to_owned();
+    let config = format!(
+        r#"clusters:
+  src: {{ bootstrap_servers: "{source}" }}
+  dst: {{ bootstrap_servers: "{target}" }}
+checkpoint:
+  store: etcd
+  etcd:
+    endpoints: ["{endpoint}"]
+    prefix: "/ferry-test/{prefix}"
+    username: ferry
+    password: {{ env: {ETCD_PASSWORD_VAR} }}
+flows:
+  - name: {flow}
+    source: src
+    target: dst
+    topics: {{ include: ['{topic}'] }}
+"#,
+        source = env.source,
+        target = env.target,
+        prefix = unique("plain-password"),
+        flow = unique("plain-password"),
+        topic = unique("plain-password"),
+    );
+    let path = dir.path().join("ferry.yaml");
+    std::fs::write(&path, config).unwrap();
+    let ferry = Ferry::start_with(path, free_port(), &[DEBUG_LOG, (ETCD_PASSWORD_VAR, &password)]);
+    let line = wait_log_line(&ferry, &["sent to etcd over plain http"]).await;
+    assert!(line.contains(&endpoint), "the warning names the endpoint: {line}");
+    // This etcd has no auth: the login fails, and ferry keeps trying without ever printing the password.
+    wait_for("/readyz saying why the store cannot be opened", Duration::from_secs(60), || {
+        let (code, body) = ferry.get("/readyz")?;
+        (code == 503).then_some(body)
+    })
+    .await;
+    let logs = ferry.logs();
+    assert_eq!(logs.matches("sent to etcd over plain http").count(), 1, "warned once:\n{logs}");
+    assert!(!logs.contains(&password), "the log shows the etcd password");
+    let (_, ready) = ferry.get("/readyz").unwrap();
+    assert!(!ready.contains(&password), "/readyz shows the etcd password");
+}
