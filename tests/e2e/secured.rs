@@ -35,6 +35,8 @@ struct Setup<'a> {
     source_ca: String,
     /// Client certificate and key ferry shows etcd.
     etcd_identity: (String, String),
+    /// More settings of the flow (YAML lines indented for a flow entry).
+    flow_extra: String,
 }
 
 impl<'a> Setup<'a> {
@@ -50,6 +52,7 @@ impl<'a> Setup<'a> {
             target_password: env.admin.password.clone(),
             source_ca: env.ca_file.clone(),
             etcd_identity: (env.etcd.cert_file.clone(), env.etcd.key_file.clone()),
+            flow_extra: String::new(),
         }
     }
 
@@ -97,7 +100,8 @@ flows:
     source: src
     target: dst
     topics: {{ include: ['{topic}'] }}
-"#,
+{flow_extra}"#,
+            flow_extra = self.flow_extra,
             source = env.source,
             source_user = self.source_login.username,
             source_ca = self.source_ca,
@@ -595,4 +599,66 @@ flows:
     assert!(!logs.contains(&password), "the log shows the etcd password");
     let (_, ready) = ferry.get("/readyz").unwrap();
     assert!(!ready.contains(&password), "/readyz shows the etcd password");
+}
+
+/// A three-member fleet on the secured etcd, replicating SASL_SSL to SASL_SSL: the members share the tasks, a
+/// group's offsets are synced into the target and `ferry failover` commits a translated group, all through the same
+/// security, with no secret in any output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_the_secured_etcd_syncs_groups_and_fails_over_through_sasl_ssl() {
+    use crate::fleet_support::{owned, wait_balanced};
+    const PARTITIONS: i32 = 3;
+    let env = secure_env!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(&env, dir.path(), "secure-fleet");
+    let (synced_group, failed_over_group) = (unique("synced"), unique("failover"));
+    setup.flow_extra =
+        format!("    sync_group_offsets: {{ enabled: true, include: ['{synced_group}'], interval: 1s }}\n");
+    let fed = setup.feed(PARTITIONS, 100).await;
+    let path = setup.write();
+    let [source_secret, etcd_secret] = setup.secret_vars();
+    let members: Vec<Ferry> = (0..3)
+        .map(|_| Ferry::start_with(path.clone(), free_port(), &[DEBUG_LOG, source_secret, etcd_secret]))
+        .collect();
+    let refs: Vec<&Ferry> = members.iter().collect();
+    let counts = wait_balanced("3 tasks over 3 members", &refs, i64::from(PARTITIONS), Duration::from_secs(90)).await;
+    assert_eq!(counts, vec![1, 1, 1]);
+    let target_topic = format!("src.{}", setup.topic);
+    wait_for("every record on the target", Duration::from_secs(120), || {
+        (0..PARTITIONS).all(|p| end_offset(&env.plain.target, &target_topic, p) == 100).then_some(())
+    })
+    .await;
+    for (partition, expected) in fed.iter().enumerate() {
+        let replicated: Vec<Record> =
+            read_partition_with(env.client(&env.target, &env.admin), &target_topic, partition as i32)
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+        assert!(replicated == *expected, "partition {partition} differs");
+    }
+
+    // A source group's offsets synced into the target by the fleet.
+    commit(&env.plain.source, &synced_group, &setup.topic, &[10, 20, 30]);
+    wait_for("the group's offsets synced into the target", Duration::from_secs(60), || {
+        (committed(&env.plain.target, &synced_group, &target_topic, PARTITIONS) == vec![Some(10), Some(20), Some(30)])
+            .then_some(())
+    })
+    .await;
+
+    // Another group failed over with the one-shot command, through SASL_SSL and the secured etcd.
+    commit(&env.plain.source, &failed_over_group, &setup.topic, &[40, 50, 60]);
+    let (code, printed) =
+        setup.command(&["failover", "--flow", &setup.flow, "--group", &failed_over_group, "--config"]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(
+        committed(&env.plain.target, &failed_over_group, &target_topic, PARTITIONS),
+        vec![Some(40), Some(50), Some(60)],
+        "{printed}"
+    );
+    let secrets = setup.secrets();
+    assert_no_secret("ferry failover", &printed, &secrets);
+    for member in &members {
+        assert!(owned(member).is_some());
+        assert_no_secret("a member's stdout and stderr", &member.logs(), &secrets);
+    }
 }
