@@ -1,12 +1,16 @@
 //! The Helm chart (`helm/ferry`): `helm lint` and `helm template` with the default values (file store: one member in
 //! a StatefulSet), with the production-like `helm/ferry/ci/production-values.yaml` (etcd store: a Deployment of three
 //! members) and with a minimal etcd install, and assertions on the rendered manifests; the rendered ferry config
-//! must pass `ferry check-config`.
+//! must pass `ferry check-config`. The PrometheusRule is `dashboards/alerts.yaml` with the default values, and every
+//! alert's `runbook_url` resolves to a heading of `docs/runbook.md`.
 //!
 //! helm comes from `scripts/install-helm` (helm on PATH, else built once from its Go module and cached). These tests
 //! never skip: without helm they fail and say how to get it. `FERRY_HELM=/path/to/helm` overrides the lookup.
 
-use std::collections::BTreeMap;
+#[path = "support/promtool.rs"]
+mod promtool;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -54,9 +58,18 @@ fn helm() -> &'static Path {
     })
 }
 
+/// The oldest Kubernetes the chart supports: Chart.yaml's kubeVersion. helm built from its Go module (as
+/// scripts/install-helm builds it) lacks the release build's flags and assumes Kubernetes 1.20, which kubeVersion
+/// refuses, so every render and lint names this version; a caller's own `--kube-version` comes later and wins.
+const KUBE_VERSION: &str = "1.21.0";
+
 fn run_helm(args: &[&str]) -> Output {
+    let kube: &[&str] = match args.first() {
+        Some(&"template" | &"lint") => &["--kube-version", KUBE_VERSION],
+        _ => &[],
+    };
     Command::new(helm())
-        .args(args)
+        .args(args.iter().take(1).chain(kube).chain(args.iter().skip(1)))
         // No user or repository configuration leaks in; helm needs no network for lint or template.
         .env("HELM_CONFIG_HOME", std::env::temp_dir().join("ferry-chart-test-helm/config"))
         .env("HELM_CACHE_HOME", std::env::temp_dir().join("ferry-chart-test-helm/cache"))
@@ -401,36 +414,40 @@ fn config_is_mounted_at_etc_ferry_from_the_configmap_and_passes_check_config() {
         assert!(configmap["data"]["ferry.yaml"].is_string(), "{name}: the ConfigMap's key is ferry.yaml");
         let (text, config) = rendered_config(&docs);
         assert!(config["flows"].is_array(), "{name}: the config has flows:\n{text}");
-
-        // ferry itself accepts the rendered config (the chart's checkpoint section included), given what the pod
-        // would have: the etcd TLS files check-config reads (here under the temporary directory; their content does
-        // not matter) and the variables below.
-        let dir = tempfile::tempdir().unwrap();
-        let tls_dir = dir.path().join("etcd-tls");
-        std::fs::create_dir(&tls_dir).unwrap();
-        for (_, file) in config["checkpoint"]["etcd"]["tls"].as_object().into_iter().flatten() {
-            let name = file.as_str().unwrap().strip_prefix("/etc/ferry/etcd-tls/").expect("TLS files in the mount");
-            std::fs::write(tls_dir.join(name), "-----BEGIN CERTIFICATE-----\n").unwrap();
-        }
-        let text = text.replace("/etc/ferry/etcd-tls/", &format!("{}/", tls_dir.display()));
-        let path = dir.path().join("ferry.yaml");
-        std::fs::write(&path, &text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("check-config")
-            .arg(&path)
-            // The variables the configs reference with { env: VAR }; their values do not matter here.
-            .env("FERRY_US_EAST_SASL_PASSWORD", "x")
-            .env("FERRY_EU_WEST_SASL_PASSWORD", "x")
-            .env("FERRY_ETCD_PASSWORD", "x")
-            .output()
-            .expect("run ferry check-config");
-        assert!(
-            out.status.success(),
-            "{name}: ferry check-config refuses the rendered config:\n{}{}\n{text}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ferry_accepts_config(name, &docs);
     }
+}
+
+/// ferry itself accepts the rendered config (the chart's checkpoint section included), given what the pod would
+/// have: the etcd TLS files check-config reads (here under a temporary directory; their content does not matter)
+/// and the variables below.
+fn assert_ferry_accepts_config(name: &str, docs: &[Value]) {
+    let (text, config) = rendered_config(docs);
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("etcd-tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    for (_, file) in config["checkpoint"]["etcd"]["tls"].as_object().into_iter().flatten() {
+        let file = file.as_str().unwrap().strip_prefix("/etc/ferry/etcd-tls/").expect("TLS files in the mount");
+        std::fs::write(tls_dir.join(file), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    }
+    let text = text.replace("/etc/ferry/etcd-tls/", &format!("{}/", tls_dir.display()));
+    let path = dir.path().join("ferry.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("check-config")
+        .arg(&path)
+        // The variables the configs reference with { env: VAR }; their values do not matter here.
+        .env("FERRY_US_EAST_SASL_PASSWORD", "x")
+        .env("FERRY_EU_WEST_SASL_PASSWORD", "x")
+        .env("FERRY_ETCD_PASSWORD", "x")
+        .output()
+        .expect("run ferry check-config");
+    assert!(
+        out.status.success(),
+        "{name}: ferry check-config refuses the rendered config:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -576,6 +593,20 @@ fn schema_rejects_bad_values_naming_the_field() {
         ("podDisruptionBudget:\n  enabled: true\n  maxUnavailable: lots\n", "maxUnavailable"),
         ("podAntiAffinity: always\n", "podAntiAffinity"),
         ("serviceMonitor:\n  enabled: 1\n", "enabled"),
+        ("serviceMonitor:\n  enabled: true\n  relabelings: {}\n", "relabelings"),
+        ("image:\n  repository: ferry\n  digest: latest\n", "digest"),
+        ("serviceAccount:\n  create: \"yes\"\n", "create"),
+        ("serviceAccount:\n  create: true\n  name: Ferry_SA\n", "name"),
+        ("startupProbe:\n  enabled: true\n  periodSeconds: 0\n", "periodSeconds"),
+        ("startupProbe:\n  path: /readyz\n", "startupProbe"),
+        ("checkpoint:\n  etcd:\n    historyRetention: 1 hour\n", "historyRetention"),
+        ("extraVolumes:\n  - configMap: { name: x }\n", "name"),
+        ("extraVolumeMounts:\n  - name: x\n", "mountPath"),
+        ("extraVolumeMounts:\n  - name: x\n    mountPath: /etc/ferry/config\n", "mountPath"),
+        ("priorityClassName: 1000\n", "priorityClassName"),
+        ("prometheusRule:\n  enabled: true\n  thresholds:\n    etcdErrorRatio: 5\n", "etcdErrorRatio"),
+        ("prometheusRule:\n  enabled: true\n  thresholds:\n    replicationLagSeconds: 0\n", "replicationLagSeconds"),
+        ("prometheusRule:\n  enabled: true\n  jobSelector: \"\"\n", "jobSelector"),
     ];
     for (yaml, field) in cases {
         for all in rejected(yaml) {
@@ -718,9 +749,21 @@ fn every_kind_is_known_and_names_are_consistent() {
         (
             "production",
             production_render(),
-            &["ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceMonitor"][..],
+            &[
+                "ConfigMap",
+                "Deployment",
+                "PodDisruptionBudget",
+                "PrometheusRule",
+                "Service",
+                "ServiceAccount",
+                "ServiceMonitor",
+            ][..],
         ),
-        ("default", default_render(), &["ConfigMap", "PodDisruptionBudget", "Service", "StatefulSet"][..]),
+        (
+            "default",
+            default_render(),
+            &["ConfigMap", "PodDisruptionBudget", "Service", "ServiceAccount", "StatefulSet"][..],
+        ),
     ] {
         let mut found: BTreeMap<String, usize> = BTreeMap::new();
         for d in &docs {
@@ -729,5 +772,384 @@ fn every_kind_is_known_and_names_are_consistent() {
         }
         let expected: BTreeMap<String, usize> = kinds.iter().map(|k| (k.to_string(), 1)).collect();
         assert_eq!(found, expected, "rendered kinds with the {name} values");
+    }
+}
+
+/// Chart.yaml, parsed.
+fn chart_metadata() -> Value {
+    let path = chart().join("Chart.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_norway::from_str(&text).expect("Chart.yaml is YAML")
+}
+
+#[test]
+fn chart_metadata_and_license_match_the_repository() {
+    let meta = chart_metadata();
+    let home = meta["home"].as_str().expect("Chart.yaml has home");
+    assert!(home.starts_with("https://"), "home is a URL: {home}");
+    let sources = meta["sources"].as_array().expect("Chart.yaml has sources");
+    assert!(sources.iter().any(|s| s == home), "the repository is among the sources: {sources:?}");
+    assert!(meta["kubeVersion"].as_str().is_some_and(|v| v.starts_with(">=")), "Chart.yaml has a kubeVersion floor");
+
+    // kubeVersion is enforced: a cluster below it is refused, the floor itself renders.
+    let chart = chart();
+    let args = ["template", "ferry", chart.to_str().unwrap(), "--kube-version", "1.20.0"];
+    let out = run_helm(&args);
+    assert!(!out.status.success(), "{}", describe(&args, &out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kubeVersion"), "{}", describe(&args, &out));
+    assert!(!default_render().is_empty(), "Kubernetes {KUBE_VERSION} renders");
+
+    // The LICENSE file is the text of the license Cargo.toml declares.
+    let license = std::fs::read_to_string(root().join("LICENSE")).expect("a LICENSE file at the repository root");
+    match env!("CARGO_PKG_LICENSE") {
+        "Apache-2.0" => {
+            for line in ["Apache License", "Version 2.0, January 2004", "TERMS AND CONDITIONS FOR USE"] {
+                assert!(license.contains(line), "LICENSE is not the Apache License 2.0 text: no {line:?}");
+            }
+        }
+        other => panic!("Cargo.toml says license = {other:?}: check LICENSE against it and teach this test"),
+    }
+}
+
+#[test]
+fn the_pods_service_account_is_created_or_named() {
+    // Default: the chart creates one named after the release, which mounts no token (ferry never calls the API).
+    for (name, docs) in renders() {
+        let account = one(&docs, "ServiceAccount");
+        assert_eq!(account["metadata"]["name"], "ferry", "{name}");
+        assert_eq!(account["automountServiceAccountToken"], false, "{name}");
+        let pod = pod_spec(workload(&docs));
+        assert_eq!(pod["serviceAccountName"], "ferry", "{name}: the pods use the created account");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+    }
+    let (_dir, values) = values_file(
+        "serviceAccount:\n  create: true\n  name: replicator\n  annotations:\n    \
+         iam.gke.io/gcp-service-account: ferry@project.iam.gserviceaccount.com\n",
+    );
+    let docs = template(&["-f", values.to_str().unwrap()]);
+    let account = one(&docs, "ServiceAccount");
+    assert_eq!(account["metadata"]["name"], "replicator");
+    assert_eq!(
+        account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
+        "ferry@project.iam.gserviceaccount.com"
+    );
+    assert_eq!(pod_spec(workload(&docs))["serviceAccountName"], "replicator");
+
+    // create: false renders no account; the pods use the one named, else the namespace's default.
+    for (set, expected) in [
+        ("serviceAccount.create=false", "default"),
+        ("serviceAccount.create=false,serviceAccount.name=shared", "shared"),
+    ] {
+        for store in [&[][..], MINIMAL_ETCD] {
+            let docs = template(&[store, &["--set", set]].concat());
+            assert!(of_kind(&docs, "ServiceAccount").is_empty(), "{set}: no ServiceAccount");
+            assert_eq!(pod_spec(workload(&docs))["serviceAccountName"], expected, "{set}");
+        }
+    }
+}
+
+#[test]
+fn extra_volumes_are_mounted_into_the_ferry_container() {
+    let (_dir, values) = values_file(
+        "extraVolumes:\n  - name: kafka-ca\n    configMap: { name: kafka-ca-bundle }\nextraVolumeMounts:\n  \
+         - name: kafka-ca\n    mountPath: /etc/ferry/kafka-ca\n    readOnly: true\n",
+    );
+    for (name, store) in [("file store", &[][..]), ("etcd store", MINIMAL_ETCD)] {
+        let docs = template(&[store, &["-f", values.to_str().unwrap()]].concat());
+        let workload = workload(&docs);
+        let extra = volume(workload, &Value::from("kafka-ca"));
+        assert_eq!(extra["configMap"]["name"], "kafka-ca-bundle", "{name}");
+        let mounts = ferry_container(workload)["volumeMounts"].as_array().expect("volumeMounts");
+        let mount = mounts.iter().find(|m| m["name"] == "kafka-ca").unwrap_or_else(|| panic!("{name}: not mounted"));
+        assert_eq!(mount["mountPath"], "/etc/ferry/kafka-ca", "{name}");
+        assert_eq!(mount["readOnly"], true, "{name}");
+        // Added to the chart's own, which stay.
+        volume(workload, &Value::from("config"));
+        assert!(mounts.iter().any(|m| m["mountPath"] == "/etc/ferry/config"), "{name}: the config is still mounted");
+    }
+}
+
+#[test]
+fn pod_labels_annotations_and_priority_class() {
+    let (_dir, values) = values_file(
+        "priorityClassName: replication-critical\npodLabels:\n  team: data-platform\n  \
+         app.kubernetes.io/name: something-else\npodAnnotations:\n  example.com/owner: data-platform\n  \
+         checksum/config: stale\n",
+    );
+    let defaults = default_render();
+    let default_meta = &workload(&defaults)["spec"]["template"]["metadata"];
+    assert!(pod_spec(workload(&defaults)).get("priorityClassName").is_none(), "no priority class by default");
+    for store in [&[][..], MINIMAL_ETCD] {
+        let docs = template(&[store, &["-f", values.to_str().unwrap()]].concat());
+        let workload = workload(&docs);
+        let meta = &workload["spec"]["template"]["metadata"];
+        assert_eq!(pod_spec(workload)["priorityClassName"], "replication-critical");
+        assert_eq!(meta["labels"]["team"], "data-platform");
+        assert_eq!(meta["annotations"]["example.com/owner"], "data-platform");
+        // The chart's own win: the selector still selects the pods, and the checksum still rolls them.
+        for (k, v) in workload["spec"]["selector"]["matchLabels"].as_object().expect("selector") {
+            assert_eq!(&meta["labels"][k], v, "a pod label must not unselect the pod ({k})");
+        }
+        let checksum = meta["annotations"]["checksum/config"].as_str().expect("checksum/config");
+        assert_ne!(checksum, "stale", "a pod annotation must not replace checksum/config");
+        if store.is_empty() {
+            assert_eq!(checksum, default_meta["annotations"]["checksum/config"], "the checksum is the chart's");
+        }
+    }
+}
+
+#[test]
+fn startup_probe_holds_back_liveness_on_healthz() {
+    for (name, docs) in renders() {
+        let container = ferry_container(workload(&docs));
+        let probe = &container["startupProbe"];
+        assert_eq!(probe["httpGet"]["path"], "/healthz", "{name}");
+        assert_eq!(probe["httpGet"]["port"], "http", "{name}: on the metrics port");
+        assert_eq!(probe["failureThreshold"], 30, "{name}");
+        assert_eq!(probe["periodSeconds"], 2, "{name}");
+        assert!(probe.get("enabled").is_none(), "{name}: `enabled` is the chart's switch, not a probe field");
+    }
+    let docs = template(&["--set", "startupProbe.failureThreshold=90,startupProbe.periodSeconds=5"]);
+    let probe = &ferry_container(workload(&docs))["startupProbe"];
+    assert_eq!((probe["failureThreshold"].as_i64(), probe["periodSeconds"].as_i64()), (Some(90), Some(5)));
+    let docs = template(&[MINIMAL_ETCD, &["--set", "startupProbe.enabled=false"]].concat());
+    assert!(ferry_container(workload(&docs)).get("startupProbe").is_none(), "startupProbe.enabled=false");
+}
+
+#[test]
+fn an_image_digest_replaces_the_tag() {
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let docs = template(&["--set", &format!("image.digest={digest},image.tag=9.9.9")]);
+    let image = ferry_container(workload(&docs))["image"].as_str().expect("image").to_owned();
+    assert_eq!(image, format!("localhost/ferry@{digest}"));
+    let docs = template(&["--set", "image.tag=9.9.9"]);
+    assert_eq!(ferry_container(workload(&docs))["image"], "localhost/ferry:9.9.9", "without a digest: the tag");
+}
+
+#[test]
+fn log_level_is_the_containers_rust_log() {
+    for (name, docs) in renders() {
+        let rust_log = env_var(ferry_container(workload(&docs)), "RUST_LOG").expect("RUST_LOG is set");
+        assert_eq!(rust_log["value"], "info", "{name}: the default is ferry's own");
+    }
+    let (_dir, values) = values_file("logLevel: \"warn,ferry::coordination=debug\"\n");
+    for store in [&[][..], MINIMAL_ETCD] {
+        let docs = template(&[store, &["-f", values.to_str().unwrap()]].concat());
+        let rust_log = env_var(ferry_container(workload(&docs)), "RUST_LOG").expect("RUST_LOG is set");
+        assert_eq!(rust_log["value"], "warn,ferry::coordination=debug");
+    }
+    let docs = template(&["--set", "logLevel="]);
+    assert!(env_var(ferry_container(workload(&docs)), "RUST_LOG").is_none(), "an empty logLevel sets no RUST_LOG");
+}
+
+#[test]
+fn service_monitor_relabelings() {
+    let docs = production_render();
+    let endpoint = &one(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert!(endpoint.get("relabelings").is_none() && endpoint.get("metricRelabelings").is_none());
+    let (_dir, values) = values_file(
+        "serviceMonitor:\n  enabled: true\n  relabelings:\n    - sourceLabels: [__meta_kubernetes_pod_node_name]\n      \
+         targetLabel: node\n  metricRelabelings:\n    - sourceLabels: [__name__]\n      regex: ferry_end_to_end_.*\n      \
+         action: drop\n",
+    );
+    let docs = template(&["-f", values.to_str().unwrap()]);
+    let endpoint = &one(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "node");
+    assert_eq!(endpoint["relabelings"][0]["sourceLabels"][0], "__meta_kubernetes_pod_node_name");
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
+}
+
+#[test]
+fn etcd_history_retention_reaches_the_config() {
+    for (name, docs) in [("minimal etcd", template(MINIMAL_ETCD)), ("production", production_render())] {
+        let (_, config) = rendered_config(&docs);
+        assert_eq!(config["checkpoint"]["etcd"]["history_retention"], "1h", "{name}: ferry's default, spelled out");
+    }
+    // A shared etcd compacted by its operators: ferry's compaction off, and ferry accepts that config.
+    let docs = template(&[MINIMAL_ETCD, &["--set", "checkpoint.etcd.historyRetention=0s"]].concat());
+    let (_, config) = rendered_config(&docs);
+    assert_eq!(config["checkpoint"]["etcd"]["history_retention"], "0s");
+    assert_ferry_accepts_config("historyRetention=0s", &docs);
+    let docs = template(&[MINIMAL_ETCD, &["--set", "checkpoint.etcd.historyRetention=30m"]].concat());
+    assert_eq!(rendered_config(&docs).1["checkpoint"]["etcd"]["history_retention"], "30m");
+}
+
+/// The alerting rules of a rules file (`groups` of `rules` with `alert`), keyed by position: (alert name, rule).
+fn alerts(rules: &Value) -> Vec<(String, &Value)> {
+    let groups = rules["groups"].as_array().expect("groups");
+    groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .filter_map(|r| r["alert"].as_str().map(|a| (a.to_owned(), r)))
+        .collect()
+}
+
+/// GitHub's anchor for a Markdown heading's text: lower case, spaces to `-`, punctuation other than `-` and `_`
+/// dropped.
+fn github_slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a Markdown file's ATX headings outside code fences, with GitHub's `-1`, `-2` for repeats.
+fn heading_anchors(markdown: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut anchors = BTreeSet::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.starts_with("```") || line.starts_with("~~~") {
+            fenced = !fenced;
+            continue;
+        }
+        let text = line.trim_start_matches('#');
+        if fenced || text.len() == line.len() || !text.starts_with(' ') {
+            continue;
+        }
+        let slug = github_slug(text);
+        let repeats = seen.entry(slug.clone()).or_default();
+        anchors.insert(if *repeats == 0 { slug } else { format!("{slug}-{repeats}") });
+        *repeats += 1;
+    }
+    anchors
+}
+
+#[test]
+fn github_slugs_follow_githubs_rules() {
+    assert_eq!(github_slug(" FerryTaskPaused"), "ferrytaskpaused");
+    assert_eq!(github_slug(" After a restart"), "after-a-restart");
+    assert_eq!(github_slug(" `ferry status`: exit codes (v2)"), "ferry-status-exit-codes-v2");
+    let anchors = heading_anchors("# A\n## B b\n```sh\n# not a heading\n```\n#hashtag\n## B b\n");
+    assert_eq!(anchors, BTreeSet::from(["a".to_owned(), "b-b".to_owned(), "b-b-1".to_owned()]));
+}
+
+#[test]
+fn every_alert_links_its_runbook_section() {
+    let runbook = std::fs::read_to_string(root().join("docs/runbook.md")).expect("docs/runbook.md");
+    let anchors = heading_anchors(&runbook);
+    let home = chart_metadata()["home"].as_str().expect("Chart.yaml home").to_owned();
+    let prefix = format!("{home}/blob/main/docs/runbook.md#");
+    let source: Value =
+        serde_norway::from_str(&std::fs::read_to_string(root().join("dashboards/alerts.yaml")).unwrap()).unwrap();
+    let docs = production_render();
+    let rendered = &one(&docs, "PrometheusRule")["spec"];
+    for (name, rules) in [("dashboards/alerts.yaml", &source), ("the rendered PrometheusRule", rendered)] {
+        let alerts = alerts(rules);
+        assert!(alerts.len() >= 15, "{name}: {} alerts", alerts.len());
+        for (alert, rule) in alerts {
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: {alert} has no runbook_url annotation"));
+            let anchor = url.strip_prefix(&prefix).unwrap_or_else(|| panic!("{name}: {alert}: {url} is not {prefix}…"));
+            assert!(anchors.contains(anchor), "{name}: {alert}: no heading of docs/runbook.md has anchor #{anchor}");
+            assert_eq!(anchor, github_slug(&alert), "{name}: {alert} links the section named after it");
+        }
+    }
+}
+
+#[test]
+fn alert_thresholds_and_the_job_selector_are_values() {
+    let source: Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart().join("files/alerts.yaml")).unwrap()).unwrap();
+    let (_dir, values) = values_file(
+        "prometheusRule:\n  enabled: true\n  jobSelector: 'job=\"replication-mirror\"'\n  thresholds:\n    \
+         replicationLagSeconds: 900\n    checkpointAgeSeconds: 600\n    etcdErrorRatio: 0.2\n",
+    );
+    let docs = template(&["-f", values.to_str().unwrap()]);
+    let rendered = &one(&docs, "PrometheusRule")["spec"];
+    let changed = |alert: &str, expr: &[&str], description: &str| {
+        let rules: Vec<&Value> = alerts(rendered).into_iter().filter(|(a, _)| a == alert).map(|(_, r)| r).collect();
+        assert!(!rules.is_empty(), "no {alert}");
+        for rule in rules {
+            let e = rule["expr"].as_str().unwrap();
+            assert!(expr.iter().all(|part| e.contains(part)), "{alert}: expr {e:?} should contain {expr:?}");
+            let d = rule["annotations"]["description"].as_str().unwrap();
+            assert!(d.contains(description), "{alert}: description {d:?} should contain {description:?}");
+        }
+    };
+    changed("FerryReplicationLagHigh", &["(ferry_replication_lag_seconds) > 900"], "(threshold 900s)");
+    changed("FerryCheckpointStale", &["(ferry_checkpoint_age_seconds) > 600"], "(threshold 600s)");
+    changed("FerryEtcdErrors", &["> 0.2"], "(threshold {{ 0.2 | humanizePercentage }})");
+    // FerryDown and FerryMemberDown (reason scrape_failed) select the scrape jobs on `up`.
+    let selecting: Vec<String> = alerts(rendered)
+        .into_iter()
+        .filter(|(_, rule)| rule["expr"].as_str().unwrap().contains("up{job=\"replication-mirror\"}"))
+        .map(|(alert, _)| alert)
+        .collect();
+    assert_eq!(selecting, ["FerryDown", "FerryMemberDown"]);
+    let text = serde_json::to_string(rendered).unwrap();
+    for default in [".*ferry.*", "> 300", "> 120", "> 0.05", "threshold 300s", "threshold 120s", "{{ 0.05"] {
+        assert!(!text.contains(default), "the default {default:?} is left in the rendered rules");
+    }
+
+    // Nothing else changes: each rule equals its source with the two fields a value may touch set aside.
+    let without = |rule: &Value| {
+        let mut rule = rule.clone();
+        rule.as_object_mut().unwrap().remove("expr");
+        rule["annotations"].as_object_mut().unwrap().remove("description");
+        rule
+    };
+    let (source, rendered) = (alerts(&source), alerts(rendered));
+    assert_eq!(source.len(), rendered.len());
+    for ((alert, a), (_, b)) in source.iter().zip(&rendered) {
+        assert_eq!(without(a), without(b), "{alert}");
+        let untouched =
+            !["FerryReplicationLagHigh", "FerryCheckpointStale", "FerryEtcdErrors", "FerryDown", "FerryMemberDown"]
+                .contains(&alert.as_str());
+        if untouched {
+            assert_eq!(a, b, "{alert} has no threshold value");
+        }
+    }
+
+    // The substituted rules are still valid rules (JSON is YAML).
+    let rules = serde_json::to_string(&one(&docs, "PrometheusRule")["spec"]).unwrap();
+    if let Err(report) = promtool::check_rules(&rules) {
+        panic!("promtool rejects the rendered rules:\n{report}\n{rules}");
+    }
+}
+
+/// A copy of the chart in a temporary directory, for renders of a changed chart file.
+fn chart_copy() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&chart(), &dir.path().join("ferry"));
+    dir
+}
+
+#[test]
+fn rules_that_no_longer_hold_a_values_literal_fail_the_render() {
+    let rules = std::fs::read_to_string(chart().join("files/alerts.yaml")).unwrap();
+    for (from, to, message) in [
+        ("(ferry_replication_lag_seconds) > 300", "(ferry_replication_lag_seconds) > 240", "no longer holds"),
+        ("(threshold 120s)", "(threshold 2m)", "no longer holds"),
+        ("alert: FerryEtcdErrors", "alert: FerryEtcdFailures", "a threshold value applies to is missing"),
+        ("job=~\".*ferry.*\"", "job=~\"ferry.*\"", "which prometheusRule.jobSelector replaces"),
+    ] {
+        assert!(rules.contains(from), "files/alerts.yaml has no {from:?}: update this test");
+        let copy = chart_copy();
+        let chart = copy.path().join("ferry");
+        std::fs::write(chart.join("files/alerts.yaml"), rules.replace(from, to)).unwrap();
+        let args = ["template", "ferry", chart.to_str().unwrap(), "--set", "prometheusRule.enabled=true"];
+        let out = run_helm(&args);
+        assert!(!out.status.success(), "{from:?} -> {to:?} should fail the render\n{}", describe(&args, &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(message), "{}", describe(&args, &out));
     }
 }

@@ -49,10 +49,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-Container image reference; the tag defaults to the chart's appVersion.
+Container image reference: repository@digest when a digest pins it, else repository:tag with the tag defaulting to
+the chart's appVersion.
 */}}
 {{- define "ferry.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pods' ServiceAccount: the one the chart creates (named after the release unless serviceAccount.name says
+otherwise), else an existing one, else the namespace's `default`.
+*/}}
+{{- define "ferry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ferry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -115,6 +132,7 @@ checkpoint:
     endpoints: {{ $etcd.endpoints | toJson }}
     prefix: {{ $etcd.prefix | toJson }}
     lease_ttl: {{ $etcd.leaseTtl | toString | toJson }}
+    history_retention: {{ $etcd.historyRetention | toString | toJson }}
     {{- if $etcd.username }}
     username: {{ $etcd.username | toJson }}
     password: { env: FERRY_ETCD_PASSWORD }

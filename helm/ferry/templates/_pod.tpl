@@ -7,17 +7,19 @@ metadata:
     # A config change that ferry cannot apply while running rolls the pods; flows and throttles reach the running
     # members through the mounted ConfigMap instead (ferry reloads them). See restartOnConfigChange.
     checksum/config: {{ include "ferry.restartChecksum" . }}
-    {{- with .Values.podAnnotations }}
+    {{- with omit .Values.podAnnotations "checksum/config" }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   labels:
-    {{- include "ferry.labels" . | nindent 4 }}
-    {{- with .Values.podLabels }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- /* merge keeps the first map's value on a clash: a pod label never unselects the pod. */}}
+    {{- merge (include "ferry.labels" . | fromYaml) .Values.podLabels | toYaml | nindent 4 }}
 spec:
+  serviceAccountName: {{ include "ferry.serviceAccountName" . }}
   # ferry never talks to the Kubernetes API.
   automountServiceAccountToken: false
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
   {{- with .Values.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -46,6 +48,10 @@ spec:
       env:
         - name: FERRY_LOG_FORMAT
           value: {{ .Values.logFormat | quote }}
+        {{- with .Values.logLevel }}
+        - name: RUST_LOG
+          value: {{ . | quote }}
+        {{- end }}
         # Owned by the chart; the environment overrides the config file.
         - name: FERRY_HTTP__LISTEN
           value: {{ printf "0.0.0.0:%v" .Values.service.port | quote }}
@@ -73,6 +79,13 @@ spec:
         - name: http
           containerPort: {{ .Values.service.port }}
           protocol: TCP
+      {{- if .Values.startupProbe.enabled }}
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        {{- omit .Values.startupProbe "enabled" | toYaml | nindent 8 }}
+      {{- end }}
       livenessProbe:
         httpGet:
           path: /healthz
@@ -113,6 +126,9 @@ spec:
           mountPath: {{ .mountPath }}
           readOnly: true
         {{- end }}
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     - name: config
       configMap:
@@ -135,6 +151,9 @@ spec:
     # persistence.enabled=false: checkpoints are lost with the pod; for throwaway test clusters only.
     - name: data
       emptyDir: {}
+    {{- end }}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
