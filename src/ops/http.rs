@@ -1,5 +1,5 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (connected and
-//! replicating), `/status` (JSON for `ferry status`).
+//! replicating), `/status` (JSON for `ferry status`, with the build the member runs).
 //!
 //! Invariant: handlers only read shared snapshots; nothing here can block replication.
 
@@ -29,6 +29,40 @@ pub struct Status {
     /// The fleet as this member sees it; absent with the file store (one member, no coordination).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+}
+
+/// The `/status` answer: the member's status and the build it runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// What the member reports.
+    #[serde(flatten)]
+    pub status: Status,
+    /// The build it runs; absent from members older than this field, which `ferry status` still reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildInfo>,
+}
+
+/// What this binary is: `ferry version`, the `build` of `/status` and the labels of `ferry_build_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// ferry's version, from Cargo.toml.
+    pub version: String,
+    /// The git commit built (12 hex digits), or `unknown` when built outside a git checkout (see build.rs).
+    pub commit: String,
+    /// The librdkafka version linked, which decides client behaviour as much as ferry's own.
+    pub librdkafka: String,
+}
+
+impl BuildInfo {
+    /// This process's build.
+    pub fn current() -> Self {
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            // build.rs always sets it; a build that bypasses cargo's build script still compiles.
+            commit: option_env!("FERRY_GIT_COMMIT").unwrap_or("unknown").to_owned(),
+            librdkafka: rdkafka::util::get_rdkafka_version().1,
+        }
+    }
 }
 
 /// The members of a coordinated fleet, as one member last read them from etcd.
@@ -119,6 +153,6 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn status(State(state): State<HttpState>) -> Json<Status> {
-    Json(read_status(&state))
+async fn status(State(state): State<HttpState>) -> Json<StatusReport> {
+    Json(StatusReport { status: read_status(&state), build: Some(BuildInfo::current()) })
 }

@@ -429,8 +429,8 @@ impl Metrics {
                 &["flow", "action"]
             )),
             build_info: register!(IntGaugeVec::new(
-                Opts::new("ferry_build_info", "Build information; always 1."),
-                &["version"]
+                Opts::new("ferry_build_info", "Build information (version, git commit, librdkafka version); always 1."),
+                &["version", "commit", "librdkafka"]
             )),
             ready: register!(IntGauge::new("ferry_ready", "1 when this member is connected and replicating its tasks.")),
             client_errors: register!(IntCounterVec::new(
@@ -512,7 +512,8 @@ impl Metrics {
                 names
             },
         };
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build = crate::ops::http::BuildInfo::current();
+        metrics.build_info.with_label_values(&[&build.version, &build.commit, &build.librdkafka]).set(1);
         for result in [ReloadResult::Applied, ReloadResult::Rejected] {
             metrics.config_reloads_of(result);
         }
