@@ -29,6 +29,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# .git is not in the build context: `ferry version` shows the commit passed here
+# (docker build --build-arg FERRY_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .), or "unknown".
+ARG FERRY_GIT_COMMIT=unknown
+ENV FERRY_GIT_COMMIT=${FERRY_GIT_COMMIT}
 # The cache mounts keep the crate downloads and the build between runs on one builder; the binary leaves through
 # /out because the target directory is not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
