@@ -35,6 +35,10 @@ use crate::topics::identity::TopicId;
 
 /// How long one transaction call (init, commit, abort, offsets) may take before it is retried or reported.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than [`CALL_TIMEOUT`] a transaction call may block before it is taken as hung: librdkafka 2.12
+/// can leave `send_offsets_to_transaction` waiting forever for an answer after the transaction coordinator's broker
+/// was killed (seen in tests/faults), and a hung bucket would stall its partitions without a word.
+const HUNG_CALL_MARGIN: Duration = Duration::from_secs(15);
 /// How long an idle bucket (no task left) keeps its producer before it closes.
 const IDLE_CLOSE_AFTER: u32 = 4;
 
@@ -546,6 +550,21 @@ fn is_fenced(error: &KafkaError) -> bool {
     )
 }
 
+/// A transaction call that has not returned [`HUNG_CALL_MARGIN`] after its own timeout.
+struct Hung(&'static str);
+
+/// Runs the blocking transaction call `what` off the runtime; `Err(Hung)` when it does not return in time (its
+/// thread and producer are then abandoned: the bucket starts over with a new producer, which fences the old one).
+async fn transaction_call<T: Send + 'static>(
+    what: &'static str,
+    call: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<Result<T, KafkaError>, Hung> {
+    match tokio::time::timeout(CALL_TIMEOUT + HUNG_CALL_MARGIN, tokio::task::spawn_blocking(call)).await {
+        Ok(joined) => Ok(joined.unwrap_or(Err(KafkaError::Canceled))),
+        Err(_) => Err(Hung(what)),
+    }
+}
+
 /// Commits the bucket's open transaction every commit interval (or when a task asks), until the flow's runtime
 /// goes or the bucket has had no task for a while.
 async fn commit_loop(bucket: Arc<Bucket>, shared: Arc<FlowShared>, cell: BucketCell) {
@@ -609,26 +628,28 @@ async fn commit(bucket: &Bucket, shared: &FlowShared) -> bool {
     let opened_at_ms = bucket.opened_at_ms.swap(0, Ordering::Relaxed);
     let client = bucket.producer.client().clone();
     let positions = shared.positions.clone();
-    let stop = shared.stop.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let sent = transaction_call("send_offsets_to_transaction", move || {
         let metadata = positions.group_metadata().ok_or(KafkaError::Canceled)?;
-        client.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)?;
-        loop {
-            match client.commit_transaction(CALL_TIMEOUT) {
+        client.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
+    })
+    .await;
+    let result = match sent {
+        Ok(Ok(())) => loop {
+            let client = bucket.producer.client().clone();
+            match transaction_call("commit_transaction", move || client.commit_transaction(CALL_TIMEOUT)).await {
                 // A commit that timed out may be called again; it completes the same transaction.
-                Err(error) if is_retriable(&error) && !stop.is_cancelled() => {
+                Ok(Err(error)) if is_retriable(&error) && !shared.stop.is_cancelled() => {
                     warn!(%error, "transaction commit not confirmed yet; retrying");
                 }
-                result => return result,
+                outcome => break outcome,
             }
-        }
-    })
-    .await
-    .unwrap_or(Err(KafkaError::Canceled));
+        },
+        other => other,
+    };
     let took = Some(opened_at_ms).filter(|at| *at > 0).map(|at| (now_ms() - at).max(0) as f64 / 1000.0);
     let flow = shared.flow.as_str();
     let alive = match result {
-        Ok(()) => {
+        Ok(Ok(())) => {
             for (slot, frontier) in &carried {
                 slot.committed.store(*frontier, Ordering::Release);
             }
@@ -638,7 +659,7 @@ async fn commit(bucket: &Bucket, shared: &FlowShared) -> bool {
             }
             next_transaction(bucket, shared, epoch, Some(epoch))
         }
-        Err(error) if !is_fatal(&error) => {
+        Ok(Err(error)) if !is_fatal(&error) => {
             warn!(
                 flow,
                 bucket = bucket.number,
@@ -647,9 +668,7 @@ async fn commit(bucket: &Bucket, shared: &FlowShared) -> bool {
                 "transaction aborted; its tasks replicate again from the committed position"
             );
             let client = bucket.producer.client().clone();
-            let aborted = tokio::task::spawn_blocking(move || client.abort_transaction(CALL_TIMEOUT))
-                .await
-                .unwrap_or(Err(KafkaError::Canceled));
+            let aborted = transaction_call("abort_transaction", move || client.abort_transaction(CALL_TIMEOUT)).await;
             for (slot, _) in &carried {
                 slot.aborted.store(true, Ordering::Release);
             }
@@ -658,11 +677,13 @@ async fn commit(bucket: &Bucket, shared: &FlowShared) -> bool {
                 shared.metrics.duration.observe(took);
             }
             match aborted {
-                Ok(()) => next_transaction(bucket, shared, epoch, None),
-                Err(error) => fail(bucket, shared, &error),
+                Ok(Ok(())) => next_transaction(bucket, shared, epoch, None),
+                Ok(Err(error)) => fail(bucket, shared, &error),
+                Err(hung) => hung_up(bucket, shared, hung),
             }
         }
-        Err(error) => fail(bucket, shared, &error),
+        Ok(Err(error)) => fail(bucket, shared, &error),
+        Err(hung) => hung_up(bucket, shared, hung),
     };
     drop(gate);
     forget_settled_slots(bucket);
@@ -713,6 +734,26 @@ fn fail(bucket: &Bucket, shared: &FlowShared, error: &KafkaError) -> bool {
     false
 }
 
+/// Gives the bucket up after a transaction call hung: every task of it stops and starts over with a new producer,
+/// whose `init_transactions` fences the hung one and resolves its open transaction.
+fn hung_up(bucket: &Bucket, shared: &FlowShared, Hung(call): Hung) -> bool {
+    error!(
+        flow = shared.flow.as_str(),
+        bucket = bucket.number,
+        transactional_id = bucket.transactional_id.as_str(),
+        call,
+        after = ?(CALL_TIMEOUT + HUNG_CALL_MARGIN),
+        "librdkafka did not return from a transaction call; the bucket's producer is abandoned and its tasks restart \
+         with a new one"
+    );
+    let reason: Arc<str> = format!("librdkafka's {call} hung; the bucket starts over with a new producer").into();
+    for slot in bucket.slots.lock().expect("bucket slots lock poisoned").iter() {
+        slot.aborted.store(true, Ordering::Release);
+    }
+    bucket.outcome.send_modify(|outcome| outcome.failure = Some(reason));
+    false
+}
+
 /// Drops the slots of stopped tasks whose frontier is committed (or will never be), and tells a task waiting to
 /// take the partition up again.
 fn forget_settled_slots(bucket: &Bucket) {
@@ -735,11 +776,18 @@ async fn close(bucket: &Bucket, shared: &FlowShared) {
     }
     if bucket.opened_at_ms.load(Ordering::Relaxed) != 0 {
         let client = bucket.producer.client().clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || client.abort_transaction(CALL_TIMEOUT))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
-        {
-            warn!(flow = shared.flow.as_str(), bucket = bucket.number, %error, "cannot abort the last open transaction");
+        match transaction_call("abort_transaction", move || client.abort_transaction(CALL_TIMEOUT)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(flow = shared.flow.as_str(), bucket = bucket.number, %error, "cannot abort the last open transaction")
+            }
+            Err(Hung(call)) => warn!(
+                flow = shared.flow.as_str(),
+                bucket = bucket.number,
+                call,
+                "librdkafka did not return from aborting the last open transaction; the next instance of the bucket \
+                 resolves it"
+            ),
         }
     }
     info!(flow = shared.flow.as_str(), bucket = bucket.number, "transactional producer closed");
