@@ -104,14 +104,23 @@ impl GroupSync {
 
     /// Syncs every `interval` until `shutdown`.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
+        let flow = self.flow.name.clone();
+        let last_success = self.metrics.group_sync_last_success.with_label_values(&[&flow]);
+        let failures = self.metrics.group_sync_failures.with_label_values(&[&flow]);
+        // Until a first round completes, the age counts from the start: a sync that never succeeds alerts too.
+        last_success.set(now_ms() / 1000);
         let mut ticker = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(error) = self.sync_once().await {
-                warn!(flow = self.flow.name.as_str(), %error, "group offset sync failed; retrying next interval");
+            match self.sync_once().await {
+                Ok(()) => last_success.set(now_ms() / 1000),
+                Err(error) => {
+                    failures.inc();
+                    warn!(flow = flow.as_str(), %error, "group offset sync failed; retrying next interval");
+                }
             }
         }
     }
@@ -164,6 +173,7 @@ impl GroupSync {
             return Ok(());
         }
         let synced = GroupOffsets { synced_at_ms: now_ms(), partitions };
+        self.metrics.groups_synced.with_label_values(&[&self.flow.name]).inc();
         if let Err(error) = self.store.save_group_offsets(&self.flow.name, group, &synced).await {
             warn!(flow = self.flow.name.as_str(), group, %error, "cannot store synced group offsets");
         }

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub checkpoint_writes: IntCounterVec,
     /// Failed checkpoint writes.
     pub checkpoint_failures: IntCounterVec,
+    /// When group offset sync last completed a round, per flow (Unix seconds; the sync's start until then).
+    pub group_sync_last_success: IntGaugeVec,
+    /// Group offset sync rounds that failed, per flow.
+    pub group_sync_failures: IntCounterVec,
+    /// Consumer groups whose offsets a sync round translated, per flow.
+    pub groups_synced: IntCounterVec,
     /// 1 when the last metadata request to a cluster succeeded.
     pub cluster_up: IntGaugeVec,
     /// Target topics created or changed to match their source.
@@ -420,6 +426,21 @@ impl Metrics {
                 Opts::new("ferry_checkpoint_failures_total", "Failed checkpoint writes."),
                 &["flow"]
             )),
+            group_sync_last_success: register!(IntGaugeVec::new(
+                Opts::new(
+                    "ferry_group_sync_last_success_timestamp_seconds",
+                    "When group offset sync last completed a round (Unix seconds; when the sync started, until then)."
+                ),
+                &["flow"]
+            )),
+            group_sync_failures: register!(IntCounterVec::new(
+                Opts::new("ferry_group_sync_failures_total", "Group offset sync rounds that failed."),
+                &["flow"]
+            )),
+            groups_synced: register!(IntCounterVec::new(
+                Opts::new("ferry_groups_synced_total", "Consumer groups whose offsets a sync round translated."),
+                &["flow"]
+            )),
             cluster_up: register!(IntGaugeVec::new(
                 Opts::new("ferry_cluster_up", "1 when the last metadata request to the cluster succeeded."),
                 &["cluster"]
@@ -585,6 +606,9 @@ impl Metrics {
             &self.checkpoint_age_seconds,
             &self.checkpoint_writes,
             &self.checkpoint_failures,
+            &self.group_sync_last_success,
+            &self.group_sync_failures,
+            &self.groups_synced,
             &self.cluster_up,
             &self.topic_syncs,
             &self.build_info,

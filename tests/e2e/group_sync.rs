@@ -24,7 +24,7 @@ async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
     }
     let sync = format!("    sync_group_offsets: {{ enabled: true, include: ['{prefix}-.*'], interval: 1s }}\n");
     let config_text = config(&env, state.path(), &flow, &topic, &sync).replace(&env.source, &source.bootstrap());
-    let _ferry = Ferry::start(state.path(), &config_text);
+    let ferry = Ferry::start(state.path(), &config_text);
     let target_topic = format!("src.{topic}");
     wait_for("replication", Duration::from_secs(60), || {
         ((0..2).all(|p| end_offset(&env.target, &target_topic, p) == 100)).then_some(())
@@ -64,7 +64,23 @@ async fn groups_are_synced_forward_only_and_survive_the_loss_of_the_source() {
         (committed(&env.target, &failed_over, &target_topic, 2) == [Some(55), Some(66)]).then_some(())
     })
     .await;
+    // The rounds show on /metrics: groups synced and the time of the last completed round; without the source the
+    // rounds fail, are counted, and the time stays (FerryGroupSyncStalled alerts on its age).
+    let metric = |name: &str| ferry.metric(name, &[("flow", &flow)]).unwrap_or(0.0);
+    assert!(metric("ferry_groups_synced_total") >= 2.0, "{}", metric("ferry_groups_synced_total"));
+    assert!(metric("ferry_group_sync_last_success_timestamp_seconds") >= (moved_at / 1000) as f64);
+    assert_eq!(metric("ferry_group_sync_failures_total"), 0.0);
     source.stop();
+    wait_for("sync rounds failing without the source, counted", Duration::from_secs(90), || {
+        (metric("ferry_group_sync_failures_total") >= 1.0).then_some(())
+    })
+    .await;
+    let stalled_at = metric("ferry_group_sync_last_success_timestamp_seconds");
+    wait_for("another failed round", Duration::from_secs(90), || {
+        (metric("ferry_group_sync_failures_total") >= 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric("ferry_group_sync_last_success_timestamp_seconds"), stalled_at, "a failed round counted as done");
     let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["failover", "--dry-run", "--config"])
         .arg(state.path().join("ferry.yaml"))
