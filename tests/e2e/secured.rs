@@ -247,6 +247,68 @@ fn rogue_certificate(dir: &Path, name: &str, extended_key_usage: &str) -> (Strin
     (cert.display().to_string(), key.display().to_string())
 }
 
+/// A client certificate signed by the env's own CA (which etcd trusts) that expired years ago.
+fn expired_certificate(env: &SecureEnv, dir: &Path, name: &str) -> (String, String) {
+    let ca_key = Path::new(&env.ca_file).with_file_name("ca.key");
+    let (cert, key, csr) =
+        (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")), dir.join(format!("{name}.csr")));
+    let ca_dir = dir.join(format!("{name}-ca"));
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    std::fs::write(ca_dir.join("index.txt"), "").unwrap();
+    std::fs::write(ca_dir.join("serial"), "1000\n").unwrap();
+    let config = ca_dir.join("ca.cnf");
+    std::fs::write(
+        &config,
+        format!(
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = {dir}/index.txt\nnew_certs_dir = {dir}\nserial = {dir}/serial\n\
+             default_md = sha256\npolicy = any\nx509_extensions = client\n[any]\ncommonName = supplied\n\
+             [client]\nextendedKeyUsage = clientAuth\n",
+            dir = ca_dir.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let output =
+            Command::new("openssl").args(args).output().expect("run openssl (scripts/install-deps installs it)");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let path = |p: &Path| p.display().to_string();
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &path(&key),
+        "-out",
+        &path(&csr),
+    ]);
+    run(&[
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        &path(&config),
+        "-cert",
+        &env.ca_file,
+        "-keyfile",
+        &path(&ca_key),
+        "-in",
+        &path(&csr),
+        "-out",
+        &path(&cert),
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+    ]);
+    (path(&cert), path(&key))
+}
+
 /// Waits until `/readyz` answers 503 with a reason that contains every one of `words`; returns the reason.
 async fn wait_not_ready_with(ferry: &Ferry, words: &[&str]) -> String {
     let what = format!("/readyz 503 naming {words:?}");
@@ -661,4 +723,23 @@ async fn a_fleet_on_the_secured_etcd_syncs_groups_and_fails_over_through_sasl_ss
         assert!(owned(member).is_some());
         assert_no_secret("a member's stdout and stderr", &member.logs(), &secrets);
     }
+}
+
+/// An etcd client certificate that expired (signed by the CA etcd trusts): etcd refuses the handshake, and ferry
+/// names etcd and the refusal in its log and on `/readyz` instead of starting without its checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_etcd_client_certificate_is_named_with_etcd() {
+    let env = secure_env!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(&env, dir.path(), "expired-etcd-cert");
+    setup.etcd_identity = expired_certificate(&env, dir.path(), "expired-client");
+    setup.feed(1, 10).await;
+    let ferry = setup.start();
+
+    let line = wait_log_line(&ferry, &["etcd", &env.etcd.endpoints, "Certificate"]).await;
+    assert!(line.contains("ERROR"), "an error line: {line}");
+    wait_not_ready_with(&ferry, &["etcd", &env.etcd.endpoints, "Certificate"]).await;
+    let target_topic = format!("src.{}", setup.topic);
+    assert!(end_offset(&env.plain.target, &target_topic, 0) <= 0, "replicated without its checkpoint store");
+    assert_no_secret("ferry's stdout and stderr", &ferry.logs(), &setup.secrets());
 }
