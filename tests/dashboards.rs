@@ -133,9 +133,14 @@ fn names_lists_every_family_the_registry_exposes() {
     let exposed = type_lines(&metrics.render());
     assert!(exposed.len() >= 8, "exposition has families: {exposed:?}");
     assert!(exposed.is_subset(&names), "exposed but missing from names(): {:?}", exposed.difference(&names));
+    // Ferry's own families carry its prefix; the process collector's are the standard `process_*` ones.
     for name in &names {
-        assert!(name.starts_with("ferry_"), "{name} has the ferry_ prefix");
+        assert!(name.starts_with("ferry_") || name.starts_with("process_"), "{name} has the ferry_ prefix");
     }
+    assert!(
+        names.contains("process_cpu_seconds_total") && names.contains("process_resident_memory_bytes"),
+        "{names:?}"
+    );
     assert!(names.contains("ferry_end_to_end_latency_seconds"), "{names:?}");
 }
 

@@ -356,6 +356,10 @@ impl Metrics {
                 metric
             }};
         }
+        // The process's CPU, memory, threads and file descriptors (`process_*`), for the dashboard's process row.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        names.extend(prometheus::core::Collector::desc(&process).iter().map(|desc| desc.fq_name.clone()));
+        registry.register(Box::new(process)).expect("the process collector is registered once");
         let metrics = Self {
             records_replicated: register!(IntCounterVec::new(
                 Opts::new("ferry_records_replicated_total", "Records acknowledged by the target cluster."),
