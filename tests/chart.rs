@@ -1153,3 +1153,31 @@ fn rules_that_no_longer_hold_a_values_literal_fail_the_render() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(message), "{}", describe(&args, &out));
     }
 }
+
+#[test]
+fn the_grafana_dashboard_configmap_carries_the_dashboard_for_the_sidecar() {
+    let dashboard = std::fs::read(root().join("dashboards/ferry.json")).expect("dashboards/ferry.json");
+    let copy =
+        std::fs::read(chart().join("files/ferry-dashboard.json")).expect("helm/ferry/files/ferry-dashboard.json");
+    assert!(
+        dashboard == copy,
+        "helm/ferry/files/ferry-dashboard.json differs from dashboards/ferry.json: run `cp dashboards/ferry.json \
+         helm/ferry/files/ferry-dashboard.json` (Helm cannot read files outside the chart)"
+    );
+    let configmaps = |docs: &[Value]| -> Vec<Value> {
+        of_kind(docs, "ConfigMap")
+            .into_iter()
+            .filter(|cm| cm["metadata"]["name"].as_str().is_some_and(|name| name.ends_with("-dashboard")))
+            .cloned()
+            .collect()
+    };
+    assert!(configmaps(&default_render()).is_empty(), "no dashboard ConfigMap by default");
+    let docs = template(&["--set", "grafanaDashboard.enabled=true"]);
+    let found = configmaps(&docs);
+    assert_eq!(found.len(), 1, "one dashboard ConfigMap");
+    assert_eq!(found[0]["metadata"]["labels"]["grafana_dashboard"], "1", "the sidecar's label");
+    let embedded: serde_json::Value =
+        serde_json::from_str(found[0]["data"]["ferry.json"].as_str().expect("data ferry.json")).expect("JSON");
+    let original: serde_json::Value = serde_json::from_slice(&dashboard).unwrap();
+    assert_eq!(embedded, original, "the ConfigMap holds the dashboard unchanged");
+}
