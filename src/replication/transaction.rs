@@ -553,15 +553,29 @@ fn is_fenced(error: &KafkaError) -> bool {
 /// A transaction call that has not returned [`HUNG_CALL_MARGIN`] after its own timeout.
 struct Hung(&'static str);
 
-/// Runs the blocking transaction call `what` off the runtime; `Err(Hung)` when it does not return in time (its
-/// thread and producer are then abandoned: the bucket starts over with a new producer, which fences the old one).
+/// Runs the blocking transaction call `what` off the runtime; `Err(Hung)` when it has not returned after
+/// [`CALL_TIMEOUT`] + [`HUNG_CALL_MARGIN`] of time the process was running (its thread and producer are then
+/// abandoned: the bucket starts over with a new producer, which fences the old one). Time the process was frozen
+/// (SIGSTOP, a paused VM) does not count: librdkafka could not answer then either, and a zombie waking up must
+/// learn from its call that it was fenced rather than give up first.
 async fn transaction_call<T: Send + 'static>(
     what: &'static str,
     call: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
 ) -> Result<Result<T, KafkaError>, Hung> {
-    match tokio::time::timeout(CALL_TIMEOUT + HUNG_CALL_MARGIN, tokio::task::spawn_blocking(call)).await {
-        Ok(joined) => Ok(joined.unwrap_or(Err(KafkaError::Canceled))),
-        Err(_) => Err(Hung(what)),
+    const TICK: Duration = Duration::from_secs(1);
+    let mut call = tokio::task::spawn_blocking(call);
+    let mut running = Duration::ZERO;
+    loop {
+        let tick_started = tokio::time::Instant::now();
+        tokio::select! {
+            joined = &mut call => return Ok(joined.unwrap_or(Err(KafkaError::Canceled))),
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        // A tick that took much longer than itself was a freeze.
+        running += tick_started.elapsed().min(2 * TICK);
+        if running >= CALL_TIMEOUT + HUNG_CALL_MARGIN {
+            return Err(Hung(what));
+        }
     }
 }
 
