@@ -60,7 +60,7 @@ pub(super) enum Breach {
 
 /// Whether `error` only says librdkafka purged the record (its transaction aborted, or the member purged its
 /// producer): the target did not refuse it.
-pub(super) fn is_purged(error: &KafkaError) -> bool {
+fn is_purged(error: &KafkaError) -> bool {
     matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight))
 }
 

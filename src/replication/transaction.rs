@@ -741,11 +741,7 @@ fn fail(bucket: &Bucket, shared: &FlowShared, error: &KafkaError) -> bool {
         );
         error.to_string().into()
     };
-    for slot in bucket.slots.lock().expect("bucket slots lock poisoned").iter() {
-        slot.aborted.store(true, Ordering::Release);
-    }
-    bucket.outcome.send_modify(|outcome| outcome.failure = Some(reason));
-    false
+    give_up(bucket, reason)
 }
 
 /// Gives the bucket up after a transaction call hung: every task of it stops and starts over with a new producer,
@@ -760,7 +756,12 @@ fn hung_up(bucket: &Bucket, shared: &FlowShared, Hung(call): Hung) -> bool {
         "librdkafka did not return from a transaction call; the bucket's producer is abandoned and its tasks restart \
          with a new one"
     );
-    let reason: Arc<str> = format!("librdkafka's {call} hung; the bucket starts over with a new producer").into();
+    give_up(bucket, format!("librdkafka's {call} hung; the bucket starts over with a new producer").into())
+}
+
+/// Marks every slot of the bucket aborted and the bucket failed for `reason`: its tasks stop and start over. Always
+/// `false` (the producer can no longer be used).
+fn give_up(bucket: &Bucket, reason: Arc<str>) -> bool {
     for slot in bucket.slots.lock().expect("bucket slots lock poisoned").iter() {
         slot.aborted.store(true, Ordering::Release);
     }
