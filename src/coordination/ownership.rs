@@ -209,30 +209,23 @@ impl Ownership {
             return Ok(());
         }
         let flows: BTreeSet<Arc<str>> = taken.iter().map(|spec| spec.id.flow.clone()).collect();
+        // A flow whose load fails is left out: without their checkpoints its tasks would start from the beginning,
+        // so they wait, with their keys kept (found as ours next round), and the load is retried then.
         let mut stored = BTreeMap::new();
-        let mut damages = BTreeMap::new();
-        let mut unloaded = BTreeSet::new();
         for flow in flows {
             match self.store.load_readable(&flow).await {
-                Ok((checkpoints, damage)) => {
-                    stored.insert(flow.clone(), checkpoints);
-                    damages.insert(flow, damage);
+                Ok(loaded) => {
+                    stored.insert(flow, loaded);
                 }
-                Err(error) => {
-                    // Without its checkpoint a task would start from the beginning: keep the keys (they are found
-                    // as ours next round) and retry the load then.
-                    warn!(%flow, %error, "cannot load checkpoints for newly owned tasks; they wait");
-                    unloaded.insert(flow);
-                }
+                Err(error) => warn!(%flow, %error, "cannot load checkpoints for newly owned tasks; they wait"),
             }
         }
-        taken.retain(|spec| !unloaded.contains(&spec.id.flow));
         // Damaged checkpoint data holds back only the tasks it may belong to; the keys stay ours, so the next round
         // reads again and starts them once the data is repaired or removed.
         taken.retain(|spec| {
+            let Some((checkpoints, damage)) = stored.get(&spec.id.flow) else { return false };
             let key = TaskKey::from(&spec.id);
-            let found = stored.get(&spec.id.flow).is_some_and(|checkpoints| checkpoints.contains_key(&key));
-            let held_back = damages.get(&spec.id.flow).and_then(|damage| damage.holds_back(&key, found));
+            let held_back = damage.holds_back(&key, checkpoints.contains_key(&key));
             match held_back {
                 Some(reason) => {
                     if self.damaged.get(&spec.id) != Some(&reason) {
@@ -255,8 +248,10 @@ impl Ownership {
         info!(tasks = taken.len(), "took task ownership");
         for mut spec in taken {
             let key = TaskKey::from(&spec.id);
-            spec.resume =
-                stored.get(&spec.id.flow).and_then(|checkpoints| checkpoints.get(&key)).map(|c| c.position.clone());
+            spec.resume = stored
+                .get(&spec.id.flow)
+                .and_then(|(checkpoints, _)| checkpoints.get(&key))
+                .map(|c| c.position.clone());
             self.owned.insert(spec.id.clone(), spec);
         }
         Ok(())
