@@ -165,6 +165,31 @@ flows:
         fed
     }
 
+    /// Waits until the target topic holds as many records as were `fed` to each partition, then reads every
+    /// partition back over SASL_SSL as the admin user and checks it is exactly what was fed; the target topic.
+    async fn wait_replicated(&self, fed: &[Vec<Record>]) -> String {
+        let env = self.env;
+        let target_topic = format!("src.{}", self.topic);
+        wait_for("every record on the target", Duration::from_secs(120), || {
+            fed.iter()
+                .enumerate()
+                .all(|(partition, records)| {
+                    end_offset(&env.plain.target, &target_topic, partition as i32) == records.len() as i64
+                })
+                .then_some(())
+        })
+        .await;
+        for (partition, expected) in fed.iter().enumerate() {
+            let replicated: Vec<Record> =
+                read_partition_with(env.client(&env.target, &env.admin), &target_topic, partition as i32)
+                    .into_iter()
+                    .map(|(_, record)| record)
+                    .collect();
+            assert!(replicated == *expected, "{target_topic}[{partition}] read over SASL_SSL differs from the source");
+        }
+        target_topic
+    }
+
     /// Every key and value ferry wrote into etcd under its prefix, read as ferry's etcd user.
     async fn etcd_contents(&self) -> Vec<(String, Vec<u8>)> {
         let env = &self.env.etcd;
@@ -350,19 +375,7 @@ async fn replicates_sasl_ssl_to_sasl_ssl_with_checkpoints_in_secured_etcd_and_sh
     let fed = setup.feed(2, 300).await;
     let ferry = setup.start();
 
-    let target_topic = format!("src.{}", setup.topic);
-    wait_for("every record on the target", Duration::from_secs(120), || {
-        (0..2).all(|partition| end_offset(&env.plain.target, &target_topic, partition) == 300).then_some(())
-    })
-    .await;
-    for (partition, expected) in fed.iter().enumerate() {
-        let replicated: Vec<Record> =
-            read_partition_with(env.client(&env.target, &env.admin), &target_topic, partition as i32)
-                .into_iter()
-                .map(|(_, record)| record)
-                .collect();
-        assert!(replicated == *expected, "{target_topic}[{partition}] read over SASL_SSL differs from the source");
-    }
+    setup.wait_replicated(&fed).await;
     wait_for("ferry ready", Duration::from_secs(60), || (ferry.get("/readyz")?.0 == 200).then_some(())).await;
     assert_eq!(ferry.metric("ferry_cluster_up", &[("cluster", "src")]), Some(1.0));
     assert_eq!(ferry.metric("ferry_cluster_up", &[("cluster", "dst")]), Some(1.0));
@@ -469,16 +482,7 @@ async fn a_source_user_without_acls_is_named_with_the_acl_and_recovers_once_gran
 
     // Granted what the message asks for, ferry replicates without a restart.
     grant_read(&env, dir.path(), &env.limited.username, &setup.topic);
-    let target_topic = format!("src.{}", setup.topic);
-    wait_for("the records on the target once the ACLs exist", Duration::from_secs(120), || {
-        (end_offset(&env.plain.target, &target_topic, 0) == 50).then_some(())
-    })
-    .await;
-    let replicated: Vec<Record> = read_partition_with(env.client(&env.target, &env.admin), &target_topic, 0)
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    assert!(replicated == fed[0], "{target_topic} differs from the source");
+    setup.wait_replicated(&fed).await;
     wait_for("ferry ready once the ACLs exist", Duration::from_secs(60), || {
         (ferry.get("/readyz")?.0 == 200).then_some(())
     })
@@ -685,19 +689,7 @@ async fn a_fleet_on_the_secured_etcd_syncs_groups_and_fails_over_through_sasl_ss
     let refs: Vec<&Ferry> = members.iter().collect();
     let counts = wait_balanced("3 tasks over 3 members", &refs, i64::from(PARTITIONS), Duration::from_secs(90)).await;
     assert_eq!(counts, vec![1, 1, 1]);
-    let target_topic = format!("src.{}", setup.topic);
-    wait_for("every record on the target", Duration::from_secs(120), || {
-        (0..PARTITIONS).all(|p| end_offset(&env.plain.target, &target_topic, p) == 100).then_some(())
-    })
-    .await;
-    for (partition, expected) in fed.iter().enumerate() {
-        let replicated: Vec<Record> =
-            read_partition_with(env.client(&env.target, &env.admin), &target_topic, partition as i32)
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect();
-        assert!(replicated == *expected, "partition {partition} differs");
-    }
+    let target_topic = setup.wait_replicated(&fed).await;
 
     // A source group's offsets synced into the target by the fleet.
     commit(&env.plain.source, &synced_group, &setup.topic, &[10, 20, 30]);
