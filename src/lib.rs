@@ -16,6 +16,7 @@
 //!   assignment and task ownership.
 //! - [`member`]: one running ferry process: wires the parts above together and shuts them down as a tree.
 //! - [`ops`]: what operators see: metrics, the HTTP endpoint, logging.
+//! - [`wire`]: ferry's own Kafka wire client for batch pass-through: connections, leaders, record batch headers.
 //! - [`kafka`]: librdkafka client settings shared by every client ferry builds, and error classification.
 //! - [`clock`]: wall-clock milliseconds, as records and stores carry them.
 
@@ -29,3 +30,4 @@ pub mod offsets;
 pub mod ops;
 pub mod replication;
 pub mod topics;
+pub mod wire;

@@ -43,6 +43,10 @@ pub struct FlowConfig {
     /// 2 does; default `true`.
     #[serde(default = "enabled")]
     pub sync_topic_acls: bool,
+    /// Copy record batches as bytes (only the producer fields and CRC of their headers rewritten) instead of record
+    /// by record; default `false`. Needs at-least-once delivery, prefix naming and plaintext clusters.
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 fn enabled() -> bool {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::ConfigProblem;
 use super::filter::TopicFilter;
 use super::secret::ClientValue;
-use super::{CheckpointConfig, Config, ExactlyOnce, Naming, StoreKind};
+use super::{CheckpointConfig, Config, Delivery, ExactlyOnce, FlowConfig, Naming, StoreKind};
 
 /// Characters allowed in a flow name: it appears in metric labels, etcd keys and CLI flags.
 fn is_valid_flow_name(name: &str) -> bool {
@@ -220,6 +220,9 @@ fn flows(config: &Config, out: &mut Vec<ConfigProblem>) {
             out.extend(problems);
         }
         exactly_once(&flow.exactly_once, &format!("{path}.exactly_once"), out);
+        if flow.passthrough {
+            passthrough(config, flow, &format!("{path}.passthrough"), out);
+        }
         for (index, key) in flow.allow_unsafe_client_properties.iter().enumerate() {
             if !super::guarantees::allowable_keys().any(|allowable| allowable == key) {
                 let allowable: Vec<&str> = super::guarantees::allowable_keys().collect();
@@ -243,6 +246,40 @@ fn flows(config: &Config, out: &mut Vec<ConfigProblem>) {
                 "at least one regex is required when enabled (\".*\" selects every group)",
             ));
         }
+    }
+}
+
+/// What batch pass-through cannot give yet is refused, not quietly done another way (ADR 28).
+fn passthrough(config: &Config, flow: &FlowConfig, path: &str, out: &mut Vec<ConfigProblem>) {
+    if flow.delivery == Delivery::ExactlyOnce {
+        out.push(ConfigProblem::new(
+            path,
+            "pass-through writes with an idempotent producer, not in transactions: it cannot give exactly-once \
+             delivery yet (use delivery: at-least-once, or passthrough: false)",
+        ));
+    }
+    if flow.naming == Naming::Identity {
+        out.push(ConfigProblem::new(
+            path,
+            "identity naming marks every record with a provenance header, which a batch copied as bytes cannot carry \
+             (use naming: prefix, or passthrough: false)",
+        ));
+    }
+    for alias in [&flow.source, &flow.target] {
+        let Some(cluster) = config.clusters.get(alias) else { continue };
+        let protocol = match cluster.client.get("security.protocol") {
+            None => continue,
+            Some(ClientValue::Plain(protocol)) if protocol.eq_ignore_ascii_case("plaintext") => continue,
+            Some(ClientValue::Plain(protocol)) => protocol.clone(),
+            Some(_) => "from a secret".to_owned(),
+        };
+        out.push(ConfigProblem::new(
+            path,
+            format!(
+                "cluster {alias:?} sets clusters.{alias}.client.security.protocol ({protocol}): pass-through connects \
+                 over plaintext only for now (use passthrough: false for this flow)"
+            ),
+        ));
     }
 }
 

@@ -17,12 +17,13 @@ use crate::ops::metrics::Metrics;
 use crate::replication::source::SourceConsumer;
 use crate::replication::supervisor::FlowRuntime;
 use crate::replication::target::TargetProducer;
-use crate::replication::task::Provenance;
+use crate::replication::task::{PassThroughClusters, Provenance};
 use crate::replication::throttle::Throttle;
 use crate::replication::transaction::FlowTransactions;
 use crate::topics::admin::ClusterAdmin;
 use crate::topics::discovery::Discovery;
 use crate::topics::discovery::FlowTopics;
+use crate::wire::cluster::Cluster;
 
 use super::MemberError;
 
@@ -92,6 +93,11 @@ impl Clients {
             }
             Delivery::AtLeastOnce => None,
         };
+        let passthrough = flow.passthrough.then(|| {
+            let client_id = format!("ferry-{}", flow.name);
+            let cluster = |alias: &str| Cluster::new(alias, &config.clusters[alias].bootstrap_servers, &client_id);
+            Arc::new(PassThroughClusters { source: cluster(&flow.source), target: cluster(&flow.target) })
+        });
         Ok(FlowRuntime {
             source,
             target: self.producers[&flow.target].clone(),
@@ -99,6 +105,7 @@ impl Clients {
             provenance,
             stored,
             transactions,
+            passthrough,
         })
     }
 

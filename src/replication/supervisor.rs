@@ -19,7 +19,7 @@ use crate::ops::metrics::Metrics;
 use crate::replication::progress::{Position, Registry, TaskId, TaskProgress, TaskState};
 use crate::replication::source::SourceConsumer;
 use crate::replication::target::TargetProducer;
-use crate::replication::task::{self, Provenance, Refused, TaskContext, TaskError};
+use crate::replication::task::{self, PassThroughClusters, Provenance, Refused, TaskContext, TaskError};
 use crate::replication::throttle::Throttle;
 use crate::replication::transaction::FlowTransactions;
 use crate::topics::discovery::{Discovered, TaskSpec};
@@ -61,6 +61,8 @@ pub struct FlowRuntime {
     pub stored: BTreeMap<TaskKey, Checkpoint>,
     /// Set for exactly-once delivery: the flow's transactional buckets.
     pub transactions: Option<Arc<FlowTransactions>>,
+    /// Set for batch pass-through: the clusters its tasks reach by themselves.
+    pub passthrough: Option<Arc<PassThroughClusters>>,
 }
 
 /// A change to the flows the supervisor runs, from a config reload.
@@ -237,6 +239,7 @@ impl Supervisor {
             drain_timeout: self.drain_timeout,
             refused: self.refused.get(&spec.id).copied(),
             transactions: flow.transactions.clone(),
+            passthrough: flow.passthrough.clone(),
         };
         let stop = CancellationToken::new();
         self.running.insert(spec.id.clone(), (stop.clone(), spec.target_topic.clone()));

@@ -31,6 +31,9 @@ use crate::topics::discovery::TaskSpec;
 use crate::topics::identity::TopicId;
 use crate::topics::naming::PROVENANCE_HEADER;
 
+mod passthrough;
+pub use passthrough::{PassThroughClusters, MAX_IN_FLIGHT_BATCHES};
+
 /// Records a task may have sent but not yet seen acknowledged. With acknowledgements arriving every few
 /// milliseconds this keeps a partition at full speed; more only costs memory (docs/benchmarks.md).
 pub const MAX_IN_FLIGHT_RECORDS: usize = 5_000;
@@ -88,6 +91,9 @@ pub struct TaskContext {
     pub refused: Option<Refused>,
     /// Set for exactly-once delivery: the flow's transactional buckets.
     pub transactions: Option<Arc<FlowTransactions>>,
+    /// Set for batch pass-through (`flows[].passthrough`): the clusters the task fetches from and produces to by
+    /// itself, instead of through the flow's consumer and the target's producer.
+    pub passthrough: Option<Arc<PassThroughClusters>>,
 }
 
 /// Source offsets `first..=last` the target refused together (Kafka refuses whole batches).
@@ -187,6 +193,41 @@ pub enum TaskError {
         /// The topic's id now.
         now: TopicId,
     },
+    /// Pass-through: the target refused a batch; the task's position stays before it.
+    #[error(
+        "target cluster {cluster} refused the batch of source offsets {first}..={through} (target topic \
+         {target_topic}, partition {partition}): {error}{detail}"
+    )]
+    BatchRefused {
+        /// Target cluster alias.
+        cluster: String,
+        /// Target topic.
+        target_topic: String,
+        /// Partition.
+        partition: i32,
+        /// First source offset of the batch.
+        first: i64,
+        /// Last source offset of the batch.
+        through: i64,
+        /// Kafka's error.
+        error: kafka_protocol::error::ResponseError,
+        /// The broker's message, if it gave one.
+        detail: String,
+        /// Whether a new run (with a new producer id) can help.
+        retriable: bool,
+    },
+    /// Pass-through: the source refused a fetch, a batch cannot be copied, or no leader was reachable for too long.
+    #[error("pass-through of source partition {topic}[{partition}]: {detail}")]
+    PassThrough {
+        /// Source topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// What happened.
+        detail: String,
+        /// Whether restarting the task can help.
+        retriable: bool,
+    },
     /// Exactly-once delivery cannot go on for now (the target refuses transactions, a transaction aborted, the
     /// producer was fenced); the task starts over from the committed position.
     #[error(transparent)]
@@ -208,6 +249,7 @@ impl TaskError {
             | TaskError::Unordered { .. }
             | TaskError::Transaction(_)
             | TaskError::SourceTopicRecreated { .. } => true,
+            TaskError::BatchRefused { retriable, .. } | TaskError::PassThrough { retriable, .. } => *retriable,
             TaskError::SourceBehindPosition { .. } | TaskError::TargetBehindPosition { .. } => false,
         }
     }
@@ -528,9 +570,14 @@ impl Replication<'_> {
                                 }
                             }
                             Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
-                                if !self.move_past_deleted_records(stop).await? {
+                                let Some(from) = self.account_deleted_records(self.next_fetch(), stop).await? else {
                                     return Ok(());
-                                }
+                                };
+                                let id = &self.ctx.spec.id;
+                                self.ctx
+                                    .source
+                                    .restart_at(&id.topic, id.partition, from)
+                                    .map_err(|error| TaskError::Attach(Box::new(error)))?;
                             }
                             Err(error) => {
                                 warn!(task = %self.ctx.spec.id, %error, "source partition error; librdkafka retries");
@@ -553,18 +600,17 @@ impl Replication<'_> {
         }
     }
 
-    /// The source no longer has the offset the task reads next. Below the partition's log start, the records in
+    /// The source no longer has the offset `next` the task reads next. Below the partition's log start, the records in
     /// between were deleted before the task read them (retention overtook replication, or `DeleteRecords`): they
     /// are counted in `ferry_records_lost_total`, logged with their range and passed in the position like skipped
     /// offsets (a group positioned among them translates to the first record after them); then the task reads on
     /// from the log start. A task that never had a record acknowledged starts at the log start without counting:
     /// ferry never saw what was deleted before it started. Past the partition's end, the task stops and waits.
-    /// `false` when `stop` fired first.
-    async fn move_past_deleted_records(&mut self, stop: &CancellationToken) -> Result<bool, TaskError> {
+    /// Returns the offset to read on from; `None` when `stop` fired first.
+    async fn account_deleted_records(&mut self, next: i64, stop: &CancellationToken) -> Result<Option<i64>, TaskError> {
         let id = &self.ctx.spec.id;
         let (log_start, end) =
             self.ctx.source.watermarks(&id.topic, id.partition).map_err(|error| TaskError::Attach(Box::new(error)))?;
-        let next = self.next_fetch();
         if next > end {
             // Most likely the topic was deleted and created again, before the periodic id check noticed.
             if let (Some(now), Some(before)) =
@@ -587,7 +633,7 @@ impl Replication<'_> {
             });
         }
         if log_start > next {
-            let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(false) };
+            let Some(admitted) = admit(&self.transaction, stop).await? else { return Ok(None) };
             let never_replicated = self.position.next_target_offset.is_none() && self.ledger.pending_len() == 0;
             let fate = if never_replicated {
                 info!(task = %id, log_start, "the source partition starts at its log start offset; replicating from there");
@@ -611,12 +657,7 @@ impl Replication<'_> {
             );
             self.settle_skipped()?;
         }
-        let from = log_start.max(next);
-        self.ctx
-            .source
-            .restart_at(&id.topic, id.partition, from)
-            .map_err(|error| TaskError::Attach(Box::new(error)))?;
-        Ok(true)
+        Ok(Some(log_start.max(next)))
     }
 
     /// Ends the task when its source topic now has another id than the one its position belongs to: the topic was
@@ -873,12 +914,6 @@ pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), Ta
             None
         }
     };
-    let (topic, partition) = (ctx.spec.id.topic.clone(), ctx.spec.id.partition);
-    let queue = ctx
-        .source
-        .attach(&topic, partition, position.next_source_offset)
-        .map_err(|e| TaskError::Attach(Box::new(e)))?;
-    ctx.progress.set_state(TaskState::Running);
     let mut replication = Replication {
         ctx: &ctx,
         position,
@@ -894,6 +929,16 @@ pub async fn run(mut ctx: TaskContext, stop: CancellationToken) -> Result<(), Ta
         latency: ctx.metrics.latency.local(),
         source_topic_ids: ctx.source.topic_ids(),
     };
+    if let Some(clusters) = &ctx.passthrough {
+        ctx.progress.set_state(TaskState::Running);
+        return replication.pass_through(clusters, &stop).await;
+    }
+    let (topic, partition) = (ctx.spec.id.topic.clone(), ctx.spec.id.partition);
+    let queue = ctx
+        .source
+        .attach(&topic, partition, replication.position.next_source_offset)
+        .map_err(|e| TaskError::Attach(Box::new(e)))?;
+    ctx.progress.set_state(TaskState::Running);
     let result = match replication.replicate(&queue, &stop).await {
         Ok(()) => replication.drain().await,
         Err(error) => {
@@ -974,6 +1019,7 @@ mod tests {
             drain_timeout: Duration::from_secs(10),
             refused: None,
             transactions,
+            passthrough: None,
         }
     }
 

@@ -17,6 +17,7 @@ mod group_sync;
 mod metrics_scrape;
 mod mm2_checkpoints;
 mod oversize;
+mod passthrough;
 mod reload;
 mod restart;
 mod runtime_topics;

@@ -214,6 +214,7 @@ fn full_example_round_trips() {
                 emit_mm2_checkpoints: false,
                 allow_unsafe_client_properties: Vec::new(),
                 sync_topic_acls: true,
+                passthrough: false,
             },
             FlowConfig {
                 name: "west-to-east".into(),
@@ -233,6 +234,7 @@ fn full_example_round_trips() {
                 emit_mm2_checkpoints: false,
                 allow_unsafe_client_properties: Vec::new(),
                 sync_topic_acls: true,
+                passthrough: false,
             },
         ],
         throttles: vec![

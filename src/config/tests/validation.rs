@@ -252,3 +252,33 @@ flows:
     assert_problem(&lines, "flows[0].exactly_once.transactional_id_prefix: must be 1 to 200 characters");
     assert_eq!(lines.len(), 3, "{lines:?}");
 }
+
+#[test]
+fn passthrough_is_refused_where_it_cannot_give_the_flows_guarantees() {
+    let lines = problems(
+        r#"
+clusters:
+  us-east: { bootstrap_servers: "a:1" }
+  eu-west: { bootstrap_servers: "b:1" }
+  secured: { bootstrap_servers: "c:1", client: { security.protocol: SASL_SSL } }
+  plain: { bootstrap_servers: "d:1", client: { security.protocol: plaintext } }
+flows:
+  - { name: eos, source: us-east, target: eu-west, topics: { include: [a] }, passthrough: true, delivery: exactly-once }
+  - { name: identity, source: us-east, target: eu-west, topics: { include: [a] }, passthrough: true, naming: identity }
+  - { name: sasl, source: secured, target: eu-west, topics: { include: [a] }, passthrough: true }
+  - { name: fine, source: plain, target: eu-west, topics: { include: [a] }, passthrough: true }
+  - { name: off, source: secured, target: eu-west, topics: { include: [a] }, delivery: exactly-once }
+"#,
+    );
+    assert_problem(
+        &lines,
+        "flows[0].passthrough: pass-through writes with an idempotent producer, not in transactions",
+    );
+    assert_problem(&lines, "flows[1].passthrough: identity naming marks every record with a provenance header");
+    assert_problem(
+        &lines,
+        "flows[2].passthrough: cluster \"secured\" sets clusters.secured.client.security.protocol (SASL_SSL): \
+         pass-through connects over plaintext only for now",
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+}

@@ -1,0 +1,598 @@
+//! The task's pass-through mode (`flows[].passthrough: true`): fetch record batches from the source partition's
+//! leader and produce them to the target partition's leader as bytes, with ferry's own idempotent producer id.
+//!
+//! Invariant: the same as the per-record path's. Batches are taken up in source order and every record of a batch
+//! is accounted for in the ledger, so the position, sync points and checkpoints pass a record only once the target
+//! acknowledged its batch. A batch the target refuses stops the task before it; a resend after a lost connection
+//! or a leader change carries the same producer id and sequence, so the broker writes it once.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{topic_ids_changed, Replication, TaskError};
+use crate::replication::ledger::{Fate, Pending};
+use crate::wire::batch::{self, Batch, BatchError, ProducerStamp};
+use crate::wire::cluster::{init_producer_id, Cluster};
+use crate::wire::connection::Connection;
+use crate::wire::WireError;
+
+/// Produce requests a task keeps in flight: a broker remembers a producer's last five batches per partition, so a
+/// resend of any of them after a lost connection is recognised and not written twice.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 5;
+/// Bytes fetched and not yet produced that a task holds before it fetches again.
+const MAX_READY_BYTES: usize = 16 << 20;
+/// `max_bytes` of a fetch (one partition per fetch).
+const FETCH_MAX_BYTES: i32 = 16 << 20;
+/// `partition_max_bytes` of a fetch; a larger single batch still comes whole (KIP-74).
+const PARTITION_MAX_BYTES: i32 = 8 << 20;
+/// How long a fetch waits at the source for data: the per-record path's `fetch.wait.max.ms`.
+const FETCH_MAX_WAIT_MS: i32 = 100;
+/// How long the target waits for its replicas before answering a produce request (`acks=all`).
+const PRODUCE_TIMEOUT_MS: i32 = 30_000;
+/// How long a request may go unanswered before its connection is taken as lost.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+/// The first wait after a failure to reach a leader; it doubles up to [`MAX_RETRY_BACKOFF`].
+const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the task keeps reconnecting on its own before it fails and the supervisor restarts (and reports) it.
+const MAX_TROUBLE: Duration = Duration::from_secs(120);
+
+/// Fetch request version: v11 (Kafka 2.3) has read_committed, aborted transactions and the log start offset, and
+/// every broker from 2.3 to 4.x answers it.
+const FETCH_VERSION: i16 = 11;
+/// Produce request version: v8 (Kafka 2.4) names the refused record; every broker from 2.4 to 4.x answers it.
+const PRODUCE_VERSION: i16 = 8;
+
+/// The two clusters of a pass-through flow.
+#[derive(Debug)]
+pub struct PassThroughClusters {
+    /// Read from.
+    pub source: Cluster,
+    /// Written to.
+    pub target: Cluster,
+}
+
+/// A fetched batch waiting to be produced, and the first source offset of it the task has not taken up yet.
+#[derive(Debug)]
+struct Ready {
+    batch: Batch,
+    from: i64,
+}
+
+/// A produce request in flight: what to resend, and how many records its acknowledgement covers.
+#[derive(Debug)]
+struct Sent {
+    bytes: Bytes,
+    records: i32,
+}
+
+/// What a fetch response left to do.
+enum Fetched {
+    Data,
+    OutOfRange,
+    Retry(String),
+}
+
+/// The task's connections and the batches between them.
+struct Pipe {
+    fetch: Option<Connection>,
+    produce: Option<Connection>,
+    /// ferry's producer on the target partition; a new one each run (the target fences nothing for it).
+    producer: Option<ProducerStamp>,
+    next_sequence: i32,
+    /// The next source offset to fetch.
+    fetch_offset: i64,
+    ready: VecDeque<Ready>,
+    ready_bytes: usize,
+    sent: VecDeque<Sent>,
+    /// The source refused the fetch offset; handled once every fetched batch is taken up.
+    out_of_range: bool,
+    /// Since when the task has not reached a leader, and the next wait.
+    trouble_since: Option<Instant>,
+    backoff: Duration,
+    request: FetchRequest,
+}
+
+impl Pipe {
+    fn new(topic: &str, partition: i32, fetch_offset: i64) -> Self {
+        let mut wanted = FetchPartition::default();
+        wanted.partition = partition;
+        wanted.current_leader_epoch = -1;
+        wanted.log_start_offset = -1;
+        wanted.partition_max_bytes = PARTITION_MAX_BYTES;
+        let mut fetch_topic = FetchTopic::default();
+        fetch_topic.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+        fetch_topic.partitions = vec![wanted];
+        let mut request = FetchRequest::default();
+        request.replica_id = kafka_protocol::messages::BrokerId(-1);
+        request.max_wait_ms = FETCH_MAX_WAIT_MS;
+        request.min_bytes = 1;
+        request.max_bytes = FETCH_MAX_BYTES;
+        request.isolation_level = 1;
+        request.session_id = 0;
+        request.session_epoch = -1;
+        request.topics = vec![fetch_topic];
+        Pipe {
+            fetch: None,
+            produce: None,
+            producer: None,
+            next_sequence: 0,
+            fetch_offset,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            sent: VecDeque::new(),
+            out_of_range: false,
+            trouble_since: None,
+            backoff: FIRST_RETRY_BACKOFF,
+            request,
+        }
+    }
+
+    fn fetching(&self) -> bool {
+        self.fetch.as_ref().is_some_and(|connection| connection.in_flight() > 0)
+    }
+
+    /// When the oldest request of either connection has waited too long.
+    fn request_deadline(&self) -> Option<Instant> {
+        [&self.fetch, &self.produce]
+            .into_iter()
+            .filter_map(|connection| connection.as_ref()?.oldest_sent_at())
+            .min()
+            .map(|sent_at| sent_at + REQUEST_TIMEOUT)
+    }
+
+    /// Something answered: the next trouble starts its backoff afresh.
+    fn answered(&mut self) {
+        self.trouble_since = None;
+        self.backoff = FIRST_RETRY_BACKOFF;
+    }
+}
+
+/// Waits for the next response of `connection` (never, without one in flight).
+async fn next_response<R: kafka_protocol::protocol::Request>(
+    connection: &mut Option<Connection>,
+) -> Result<R::Response, WireError> {
+    match connection {
+        Some(connection) if connection.in_flight() > 0 => connection.receive::<R>().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Waits until `deadline` (never, without one).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborted transactions of one fetch response: which producers' transactional batches to drop (read_committed).
+struct AbortedTransactions {
+    /// `(first offset, producer id)`, by first offset.
+    upcoming: VecDeque<(i64, i64)>,
+    /// Producers whose transaction at the current batch aborted.
+    open: HashSet<i64>,
+}
+
+impl AbortedTransactions {
+    fn new(response: Option<&Vec<kafka_protocol::messages::fetch_response::AbortedTransaction>>) -> Self {
+        let mut upcoming: Vec<(i64, i64)> =
+            response.into_iter().flatten().map(|aborted| (aborted.first_offset, aborted.producer_id.0)).collect();
+        upcoming.sort_unstable();
+        AbortedTransactions { upcoming: upcoming.into(), open: HashSet::new() }
+    }
+
+    /// Whether `batch` is to be replicated: not a transaction marker, and not part of an aborted transaction.
+    fn keeps(&mut self, batch: &Batch) -> bool {
+        while self.upcoming.front().is_some_and(|(first, _)| *first <= batch.last_offset()) {
+            let (_, producer) = self.upcoming.pop_front().expect("checked above");
+            self.open.insert(producer);
+        }
+        if batch.is_control() {
+            // The marker ends its producer's transaction: an aborted one is over, later batches are a new one.
+            self.open.remove(&batch.producer_id());
+            return false;
+        }
+        !(batch.is_transactional() && self.open.contains(&batch.producer_id()))
+    }
+}
+
+impl Replication<'_> {
+    /// Replicates by batches until `stop` fires, then waits (up to the drain timeout) for what is in flight.
+    pub(super) async fn pass_through(
+        &mut self,
+        clusters: &Arc<PassThroughClusters>,
+        stop: &CancellationToken,
+    ) -> Result<(), TaskError> {
+        self.check_source_topic_id()?;
+        let mut pipe = Pipe::new(&self.ctx.spec.id.topic, self.ctx.spec.id.partition, self.next_fetch());
+        let result = self.pass_through_until_stopped(clusters, &mut pipe, stop).await;
+        if result.is_ok() {
+            // Batches already sent may still be acknowledged: account for them before the position is checkpointed.
+            // After a refusal nothing behind the refused batch is written (its sequence is missing).
+            self.drain_batches(&mut pipe).await?;
+        }
+        self.publish();
+        result
+    }
+
+    async fn pass_through_until_stopped(
+        &mut self,
+        clusters: &PassThroughClusters,
+        pipe: &mut Pipe,
+        stop: &CancellationToken,
+    ) -> Result<(), TaskError> {
+        loop {
+            if pipe.fetch.is_none() || pipe.produce.is_none() {
+                match self.connect(clusters, pipe).await {
+                    Ok(()) => {}
+                    Err(error) => {
+                        if !self.wait_after_trouble(pipe, error, stop).await? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            }
+            if pipe.out_of_range && pipe.ready.is_empty() {
+                let Some(from) = self.account_deleted_records(pipe.fetch_offset, stop).await? else { return Ok(()) };
+                pipe.fetch_offset = from;
+                pipe.out_of_range = false;
+            }
+            if !pipe.fetching() && !pipe.out_of_range && pipe.ready_bytes < MAX_READY_BYTES {
+                pipe.request.topics[0].partitions[0].fetch_offset = pipe.fetch_offset;
+                let connection = pipe.fetch.as_mut().expect("connected above");
+                if let Err(error) = connection.send(&pipe.request, FETCH_VERSION).await {
+                    pipe.fetch = None;
+                    if !self.wait_after_trouble(pipe, self.unreachable(clusters.source.alias(), error), stop).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            while pipe.sent.len() < MAX_IN_FLIGHT_BATCHES && !pipe.ready.is_empty() {
+                match self.send_next(pipe, stop).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(Trouble::Task(error)) => return Err(error),
+                    Err(Trouble::Connection(error)) => {
+                        pipe.produce = None;
+                        let why = format!("cluster {}: {error}", clusters.target.alias());
+                        if !self.wait_after_trouble(pipe, why, stop).await? {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                }
+            }
+            if pipe.produce.is_none() {
+                continue;
+            }
+            let deadline = pipe.request_deadline();
+            let Pipe { fetch, produce, .. } = pipe;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                () = topic_ids_changed(&mut self.source_topic_ids) => self.check_source_topic_id()?,
+                response = next_response::<ProduceRequest>(produce) => {
+                    if let Err(trouble) = self.produced(pipe, response) {
+                        self.lost_connection(pipe, trouble, clusters.target.alias(), true, stop).await?;
+                    }
+                }
+                response = next_response::<FetchRequest>(fetch) => {
+                    match response.map_err(|error| self.unreachable(clusters.source.alias(), error)) {
+                        Ok(response) => match self.fetched(pipe, response)? {
+                            Fetched::Data => pipe.answered(),
+                            Fetched::OutOfRange => pipe.out_of_range = true,
+                            Fetched::Retry(why) => {
+                                let trouble = Trouble::Connection(why);
+                                self.lost_connection(pipe, trouble, clusters.source.alias(), false, stop).await?;
+                            }
+                        },
+                        Err(why) => {
+                            let trouble = Trouble::Connection(why);
+                            self.lost_connection(pipe, trouble, clusters.source.alias(), false, stop).await?;
+                        }
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    let produce_oldest = pipe.produce.as_ref().and_then(Connection::oldest_sent_at);
+                    let fetch_oldest = pipe.fetch.as_ref().and_then(Connection::oldest_sent_at);
+                    let target = match (produce_oldest, fetch_oldest) {
+                        (Some(produce), Some(fetch)) => produce <= fetch,
+                        (produce, _) => produce.is_some(),
+                    };
+                    let alias = if target { clusters.target.alias() } else { clusters.source.alias() };
+                    let trouble = Trouble::Connection(format!("no answer within {REQUEST_TIMEOUT:?}"));
+                    self.lost_connection(pipe, trouble, alias, target, stop).await?;
+                }
+            }
+        }
+    }
+
+    /// Connects to whichever leader the task has no connection to, and takes a producer id on the target.
+    async fn connect(&mut self, clusters: &PassThroughClusters, pipe: &mut Pipe) -> Result<(), String> {
+        let (topic, partition) = (&*self.ctx.spec.id.topic, self.ctx.spec.id.partition);
+        if pipe.fetch.is_none() {
+            let leader = clusters.source.leader(topic, partition).await.map_err(|e| e.to_string())?;
+            let connection = clusters.source.connect(&leader.address).await.map_err(|e| e.to_string())?;
+            pipe.fetch = Some(connection);
+        }
+        if pipe.produce.is_none() {
+            let target_topic = &self.ctx.spec.target_topic;
+            let leader = clusters.target.leader(target_topic, partition).await.map_err(|e| e.to_string())?;
+            let mut connection = clusters.target.connect(&leader.address).await.map_err(|e| e.to_string())?;
+            if pipe.producer.is_none() {
+                pipe.producer = Some(init_producer_id(&mut connection).await.map_err(|e| e.to_string())?);
+            }
+            // What was in flight on the lost connection goes again, in order, with the same sequences.
+            for sent in &pipe.sent {
+                connection
+                    .send(&produce_request(&self.ctx.spec.target_topic, partition, sent.bytes.clone()), PRODUCE_VERSION)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if !pipe.sent.is_empty() {
+                info!(task = %self.ctx.spec.id, batches = pipe.sent.len(), broker = connection.broker(), "resent the batches in flight to the target partition's leader");
+            }
+            pipe.produce = Some(connection);
+        }
+        Ok(())
+    }
+
+    /// Drops the connection a failure came from, and waits before the next attempt. `false` when `stop` fired.
+    async fn lost_connection(
+        &mut self,
+        pipe: &mut Pipe,
+        trouble: Trouble,
+        alias: &str,
+        target: bool,
+        stop: &CancellationToken,
+    ) -> Result<(), TaskError> {
+        let why = match trouble {
+            Trouble::Task(error) => return Err(error),
+            Trouble::Connection(why) => why,
+        };
+        if target {
+            pipe.produce = None;
+        } else {
+            pipe.fetch = None;
+        }
+        let side = if target { "target" } else { "source" };
+        self.wait_after_trouble(pipe, format!("{side} cluster {alias}: {why}"), stop).await?;
+        Ok(())
+    }
+
+    /// Waits the backoff after a failure to reach a leader; fails the task once the trouble lasted too long.
+    /// `false` when `stop` fired first.
+    async fn wait_after_trouble(
+        &mut self,
+        pipe: &mut Pipe,
+        why: String,
+        stop: &CancellationToken,
+    ) -> Result<bool, TaskError> {
+        let since = *pipe.trouble_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > MAX_TROUBLE {
+            return Err(TaskError::PassThrough {
+                topic: self.ctx.spec.id.topic.to_string(),
+                partition: self.ctx.spec.id.partition,
+                detail: format!("no leader reached for {MAX_TROUBLE:?}: {why}"),
+                retriable: true,
+            });
+        }
+        warn!(task = %self.ctx.spec.id, error = why, retry_in = ?pipe.backoff, "pass-through: reconnecting");
+        let backoff = pipe.backoff;
+        pipe.backoff = (pipe.backoff * 2).min(MAX_RETRY_BACKOFF);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ok(false),
+            _ = tokio::time::sleep(backoff) => Ok(true),
+        }
+    }
+
+    fn unreachable(&self, alias: &str, error: WireError) -> String {
+        format!("cluster {alias}: {error}")
+    }
+
+    /// Produces the next ready batch: passes the throttle, stamps ferry's producer into it (renumbered if it cannot
+    /// go as it is), and takes up its records. `false` when `stop` fired first.
+    async fn send_next(&mut self, pipe: &mut Pipe, stop: &CancellationToken) -> Result<bool, Trouble> {
+        let ready = pipe.ready.front().expect("called with a ready batch");
+        if let Some(throttle) = &self.ctx.throttle {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(false),
+                _ = throttle.acquire(ready.batch.len()) => {}
+            }
+        }
+        let ready = pipe.ready.pop_front().expect("checked above");
+        pipe.ready_bytes -= ready.batch.len();
+        let producer = pipe.producer.expect("a producer id is taken on connecting");
+        let sequence = pipe.next_sequence;
+        let timestamp_ms = Some(ready.batch.first_timestamp());
+        let (bytes, records) = if ready.batch.base_offset() >= ready.from && ready.batch.passes_as_is() {
+            let bytes = ready.batch.stamped(producer, sequence);
+            let per_record = bytes.len() / ready.batch.record_count().max(1) as usize;
+            for offset in ready.batch.base_offset()..=ready.batch.last_offset() {
+                self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes: per_record, fate: Fate::Produced });
+            }
+            (bytes, ready.batch.record_count())
+        } else {
+            let renumbered = ready
+                .batch
+                .renumbered(ready.from, producer, sequence)
+                .map_err(|error| Trouble::Task(self.malformed(ready.batch.base_offset(), error)))?;
+            let Some((bytes, offsets)) = renumbered else { return Ok(true) };
+            let per_record = bytes.len() / offsets.len();
+            for &offset in &offsets {
+                self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes: per_record, fate: Fate::Produced });
+            }
+            (bytes, offsets.len() as i32)
+        };
+        pipe.next_sequence = batch::next_sequence(sequence, records);
+        let request = produce_request(&self.ctx.spec.target_topic, self.ctx.spec.id.partition, bytes.clone());
+        pipe.sent.push_back(Sent { bytes, records });
+        let connection = pipe.produce.as_mut().expect("connected before sending");
+        connection.send(&request, PRODUCE_VERSION).await.map_err(|error| Trouble::Connection(error.to_string()))?;
+        self.ctx.progress.mark_busy();
+        Ok(true)
+    }
+
+    fn malformed(&self, offset: i64, error: BatchError) -> TaskError {
+        TaskError::PassThrough {
+            topic: self.ctx.spec.id.topic.to_string(),
+            partition: self.ctx.spec.id.partition,
+            detail: format!("cannot copy the source batch at offset {offset}: {error}"),
+            retriable: false,
+        }
+    }
+
+    /// Accounts for a produce response: the records of the oldest batch in flight were written from the returned
+    /// base offset on, or the target refused them.
+    fn produced(&mut self, pipe: &mut Pipe, response: Result<ProduceResponse, WireError>) -> Result<(), Trouble> {
+        let response = response.map_err(|error| Trouble::Connection(error.to_string()))?;
+        let Some(partition) = response.responses.first().and_then(|topic| topic.partition_responses.first()) else {
+            return Err(Trouble::Connection("a produce response without the partition".to_owned()));
+        };
+        match partition.error_code.err() {
+            None => {
+                let sent = pipe.sent.pop_front().expect("a response answers a request in flight");
+                let base = partition.base_offset;
+                self.acks.extend((0..i64::from(sent.records)).map(|delta| Ok(base + delta)));
+                pipe.answered();
+                self.settle().map_err(Trouble::Task)
+            }
+            Some(error) if error.is_retriable() => Err(Trouble::Connection(format!("produce answered {error}"))),
+            Some(error) => {
+                let first = self.ledger.front().map_or(self.position.next_source_offset, |record| record.offset);
+                let through = first + i64::from(pipe.sent.front().map_or(1, |sent| sent.records)) - 1;
+                let mut detail = partition.error_message.as_ref().map(|m| format!(": {}", &**m)).unwrap_or_default();
+                for refused in &partition.record_errors {
+                    if let Some(message) = &refused.batch_index_error_message {
+                        detail.push_str(&format!(" (record {} of the batch: {})", refused.batch_index, &**message));
+                    }
+                }
+                Err(Trouble::Task(self.batch_refused(first, through, error, detail)))
+            }
+        }
+    }
+
+    fn batch_refused(&self, first: i64, through: i64, error: ResponseError, detail: String) -> TaskError {
+        let retriable = matches!(
+            error,
+            ResponseError::OutOfOrderSequenceNumber
+                | ResponseError::DuplicateSequenceNumber
+                | ResponseError::UnknownProducerId
+                | ResponseError::InvalidProducerEpoch
+        );
+        TaskError::BatchRefused {
+            cluster: self.ctx.target.alias().to_owned(),
+            target_topic: self.ctx.spec.target_topic.clone(),
+            partition: self.ctx.spec.id.partition,
+            first,
+            through,
+            error,
+            detail,
+            retriable,
+        }
+    }
+
+    /// Takes a fetch response's batches up as ready to produce, past transaction markers and aborted transactions.
+    fn fetched(&mut self, pipe: &mut Pipe, response: FetchResponse) -> Result<Fetched, TaskError> {
+        if let Some(error) = response.error_code.err() {
+            return Ok(Fetched::Retry(format!("fetch answered {error}")));
+        }
+        let Some(partition) = response.responses.first().and_then(|topic| topic.partitions.first()) else {
+            return Ok(Fetched::Retry("a fetch response without the partition".to_owned()));
+        };
+        match partition.error_code.err() {
+            None => {}
+            Some(ResponseError::OffsetOutOfRange) => return Ok(Fetched::OutOfRange),
+            Some(error) if error.is_retriable() => return Ok(Fetched::Retry(format!("fetch answered {error}"))),
+            Some(error) => {
+                return Err(TaskError::PassThrough {
+                    topic: self.ctx.spec.id.topic.to_string(),
+                    partition: self.ctx.spec.id.partition,
+                    detail: format!("the source refused the fetch at offset {}: {error}", pipe.fetch_offset),
+                    retriable: false,
+                })
+            }
+        }
+        if partition.high_watermark >= 0 {
+            self.position.source_end = Some(partition.high_watermark);
+        }
+        let records = partition.records.clone().unwrap_or_default();
+        let batches = batch::split(records).map_err(|error| self.malformed(pipe.fetch_offset, error))?;
+        let mut aborted = AbortedTransactions::new(partition.aborted_transactions.as_ref());
+        for batch in batches {
+            if batch.last_offset() < pipe.fetch_offset {
+                continue;
+            }
+            let from = pipe.fetch_offset;
+            pipe.fetch_offset = batch.last_offset() + 1;
+            if aborted.keeps(&batch) {
+                pipe.ready_bytes += batch.len();
+                pipe.ready.push_back(Ready { batch, from });
+            }
+        }
+        if pipe.ready.is_empty() && self.ledger.pending_len() == 0 {
+            self.publish();
+        }
+        Ok(Fetched::Data)
+    }
+
+    /// Waits up to the drain timeout for the acknowledgements of the batches in flight.
+    async fn drain_batches(&mut self, pipe: &mut Pipe) -> Result<(), TaskError> {
+        let deadline = Instant::now() + self.ctx.drain_timeout;
+        while !pipe.sent.is_empty() && pipe.produce.is_some() {
+            let response = tokio::time::timeout_at(deadline, next_response::<ProduceRequest>(&mut pipe.produce)).await;
+            match response {
+                Ok(response) => match self.produced(pipe, response) {
+                    Ok(()) => {}
+                    Err(Trouble::Task(error)) => return Err(error),
+                    Err(Trouble::Connection(why)) => {
+                        warn!(task = %self.ctx.spec.id, error = why, unacknowledged = pipe.sent.len(), "stopping without the acknowledgement of the last batches; they are replicated again from the checkpoint");
+                        break;
+                    }
+                },
+                Err(_) => {
+                    warn!(task = %self.ctx.spec.id, unacknowledged = pipe.sent.len(), "stopping before the target acknowledged the last batches; they are replicated again from the checkpoint");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why sending or a response failed: the task must stop, or only a connection is lost.
+enum Trouble {
+    Task(TaskError),
+    Connection(String),
+}
+
+/// A produce request (`acks=all`) of one batch to `topic`'s `partition`.
+fn produce_request(topic: &str, partition: i32, batch: Bytes) -> ProduceRequest {
+    let mut data = PartitionProduceData::default();
+    data.index = partition;
+    data.records = Some(batch);
+    let mut topic_data = TopicProduceData::default();
+    topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    topic_data.partition_data = vec![data];
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = PRODUCE_TIMEOUT_MS;
+    request.topic_data = vec![topic_data];
+    request
+}
