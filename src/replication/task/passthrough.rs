@@ -30,12 +30,14 @@ use crate::wire::WireError;
 /// Produce requests a task keeps in flight: a broker remembers a producer's last five batches per partition, so a
 /// resend of any of them after a lost connection is recognised and not written twice.
 pub const MAX_IN_FLIGHT_BATCHES: usize = 5;
-/// Bytes fetched and not yet produced that a task holds before it fetches again.
-const MAX_READY_BYTES: usize = 16 << 20;
-/// `max_bytes` of a fetch (one partition per fetch).
-const FETCH_MAX_BYTES: i32 = 16 << 20;
-/// `partition_max_bytes` of a fetch; a larger single batch still comes whole (KIP-74).
-const PARTITION_MAX_BYTES: i32 = 8 << 20;
+/// Bytes fetched and not yet produced that a task holds before it fetches again. With one fetch of up to
+/// [`PARTITION_MAX_BYTES`] in flight, a task holds at most about twice this besides its batches in flight, so a
+/// member's memory stays bounded by its partition count when the target is slow.
+const MAX_READY_BYTES: usize = 2 << 20;
+/// `max_bytes` of a fetch (one partition per fetch); a larger single batch still comes whole (KIP-74).
+const FETCH_MAX_BYTES: i32 = 2 << 20;
+/// `partition_max_bytes` of a fetch.
+const PARTITION_MAX_BYTES: i32 = 2 << 20;
 /// How long a fetch waits at the source for data: the per-record path's `fetch.wait.max.ms`.
 const FETCH_MAX_WAIT_MS: i32 = 100;
 /// How long the target waits for its replicas before answering a produce request (`acks=all`).
