@@ -196,11 +196,13 @@ impl Batch {
             && self.attributes() & (TIMESTAMP_TYPE_LOG_APPEND | DELETE_HORIZON) == 0
     }
 
-    /// A copy of the batch for the target, stamped with `producer` and `base_sequence` (see [`stamp`]).
-    pub fn stamped(&self, producer: ProducerStamp, base_sequence: i32) -> Bytes {
-        let mut out = BytesMut::from(&self.bytes[..]);
-        stamp(&mut out, producer, base_sequence);
-        out.freeze()
+    /// The batch for the target, stamped with `producer` and `base_sequence` (see `stamp_header`): a new header, and
+    /// the fetched records as they are (not copied).
+    pub fn stamped(&self, producer: ProducerStamp, base_sequence: i32) -> Stamped {
+        let mut header: [u8; HEADER_LEN] = self.bytes[..HEADER_LEN].try_into().expect("a whole header");
+        let records = self.bytes.slice(HEADER_LEN..);
+        stamp_header(&mut header, &records, producer, base_sequence);
+        Stamped { header, records }
     }
 
     /// A new batch of the records from `from` on, with consecutive offset deltas, stamped with `producer` and
@@ -211,7 +213,7 @@ impl Batch {
         from: i64,
         producer: ProducerStamp,
         base_sequence: i32,
-    ) -> Result<Option<(Bytes, Vec<i64>)>, BatchError> {
+    ) -> Result<Option<(Stamped, Vec<i64>)>, BatchError> {
         let base_offset = self.base_offset();
         let codec = Codec::of(self.attributes(), base_offset)?;
         let records = codec.decompress(self.bytes.slice(HEADER_LEN..), base_offset)?;
@@ -278,25 +280,74 @@ impl Batch {
         codec.compress(&mut out, &kept, base_offset)?;
         let batch_length = (out.len() - LOG_OVERHEAD) as i32;
         out[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
-        stamp(&mut out, producer, base_sequence);
-        Ok(Some((out.freeze(), offsets)))
+        let mut records = out.freeze();
+        let mut header: [u8; HEADER_LEN] = records.split_to(HEADER_LEN)[..].try_into().expect("a whole header");
+        stamp_new_header(&mut header, &records, producer, base_sequence);
+        Ok(Some((Stamped { header, records }, offsets)))
     }
 }
 
-/// Writes ferry's producer into a batch header and recomputes the CRC. The base offset is 0, as producers send it
-/// (the target assigns offsets, and checks a compressed batch's inner offsets count from 0); the partition leader
-/// epoch is the target's business (-1, as producers send it); the batch is no longer transactional (ferry's
-/// producer is idempotent, not transactional; the source's transaction already committed).
-pub fn stamp(batch: &mut [u8], producer: ProducerStamp, base_sequence: i32) {
-    batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0_i64.to_be_bytes());
-    batch[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&(-1_i32).to_be_bytes());
-    let attributes = read_i16(batch, ATTRIBUTES) & !(TRANSACTIONAL | CONTROL);
-    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer.id.to_be_bytes());
-    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer.epoch.to_be_bytes());
-    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
-    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+/// A batch ready for the target: ferry's header, and the records that follow it.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// The batch header, with ferry's producer and the CRC.
+    pub header: [u8; HEADER_LEN],
+    /// The records part, as fetched (or renumbered).
+    pub records: Bytes,
+}
+
+impl Stamped {
+    /// Size of the whole batch.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.records.len()
+    }
+
+    /// Whether the batch is empty; never.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The whole batch in one buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len());
+        out.put_slice(&self.header);
+        out.put_slice(&self.records);
+        out.freeze()
+    }
+}
+
+/// Writes ferry's producer into a batch header. The base offset is 0, as producers send it (the target assigns
+/// offsets, and checks a compressed batch's inner offsets count from 0); the partition leader epoch is the target's
+/// business (-1, as producers send it); the batch is no longer transactional (ferry's producer is idempotent, not
+/// transactional; the source's transaction already committed).
+///
+/// The CRC-32C is not computed over the records again: the header's change is folded into the source's CRC (CRCs
+/// are linear), which costs the same for any batch size and keeps a batch damaged on the way detectable: the target
+/// refuses it (CORRUPT_MESSAGE) rather than taking damaged records under a new, matching CRC.
+fn stamp_header(header: &mut [u8; HEADER_LEN], records: &[u8], producer: ProducerStamp, base_sequence: i32) {
+    let source_crc = u32::from_be_bytes(header[CRC..CRC + 4].try_into().expect("four bytes"));
+    let before = crc32c::crc32c(&header[ATTRIBUTES..]);
+    write_producer(header, producer, base_sequence);
+    let after = crc32c::crc32c(&header[ATTRIBUTES..]);
+    let crc = source_crc ^ crc32c::crc32c_combine(before ^ after, 0, records.len());
+    header[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// [`stamp_header`] for a batch ferry built itself: its CRC is computed over the records.
+fn stamp_new_header(header: &mut [u8; HEADER_LEN], records: &[u8], producer: ProducerStamp, base_sequence: i32) {
+    write_producer(header, producer, base_sequence);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[ATTRIBUTES..]), records);
+    header[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn write_producer(header: &mut [u8; HEADER_LEN], producer: ProducerStamp, base_sequence: i32) {
+    header[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0_i64.to_be_bytes());
+    header[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&(-1_i32).to_be_bytes());
+    let attributes = read_i16(header, ATTRIBUTES) & !(TRANSACTIONAL | CONTROL);
+    header[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    header[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer.id.to_be_bytes());
+    header[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer.epoch.to_be_bytes());
+    header[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
 }
 
 /// Whether the CRC of a batch matches its content.
@@ -483,7 +534,7 @@ mod tests {
             assert!(batch.passes_as_is() && batch.is_transactional());
             assert_eq!((batch.base_offset(), batch.last_offset(), batch.record_count()), (500, 599, 100));
 
-            let stamped = batch.stamped(PRODUCER, 77);
+            let stamped = batch.stamped(PRODUCER, 77).to_bytes();
             assert_eq!(stamped[HEADER_LEN..], batch.bytes()[HEADER_LEN..], "{compression:?}: records untouched");
             assert!(crc_matches(&stamped));
             let written = decode(stamped);
@@ -501,6 +552,18 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_damaged_before_it_is_stamped_still_fails_its_crc() {
+        let batch = only(encode(&records(&[0, 1, 2], TimestampType::Creation), Compression::Lz4));
+        assert!(crc_matches(batch.bytes()));
+        let mut damaged = batch.bytes().to_vec();
+        let last = damaged.len() - 3;
+        damaged[last] ^= 0x40;
+        let damaged = only(Bytes::from(damaged));
+        assert!(!crc_matches(&damaged.stamped(PRODUCER, 0).to_bytes()), "the target must see the damage");
+        assert!(crc_matches(&batch.stamped(PRODUCER, 0).to_bytes()));
+    }
+
+    #[test]
     fn a_compacted_batch_is_renumbered_and_names_each_records_source_offset() {
         let offsets = [100, 102, 103, 107, 111];
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd, Compression::Snappy] {
@@ -509,7 +572,8 @@ mod tests {
             assert_eq!((batch.last_offset(), batch.record_count()), (111, 5));
             assert!(!batch.passes_as_is(), "holes in the offsets");
 
-            let (bytes, renumbered) = batch.renumbered(100, PRODUCER, 9).unwrap().unwrap();
+            let (stamped, renumbered) = batch.renumbered(100, PRODUCER, 9).unwrap().unwrap();
+            let bytes = stamped.to_bytes();
             assert_eq!(renumbered, offsets);
             assert!(crc_matches(&bytes));
             let written = only(bytes.clone());
@@ -542,9 +606,9 @@ mod tests {
         let batch = only(Bytes::from(source));
         assert!(!batch.passes_as_is());
         assert_eq!(batch.first_timestamp(), 1_800_000_000_000);
-        let (bytes, offsets) = batch.renumbered(0, PRODUCER, 0).unwrap().unwrap();
+        let (stamped, offsets) = batch.renumbered(0, PRODUCER, 0).unwrap().unwrap();
         assert_eq!(offsets, [0, 1, 2]);
-        for record in decode(bytes) {
+        for record in decode(stamped.to_bytes()) {
             assert_eq!((record.timestamp, record.timestamp_type), (1_800_000_000_000, TimestampType::Creation));
         }
     }

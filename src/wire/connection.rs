@@ -80,8 +80,14 @@ impl Connection {
                             format!("response frame of {length} bytes is larger than the {MAX_FRAME} accepted"),
                         ));
                     }
-                    let mut body = BytesMut::zeroed(length);
-                    read.read_exact(&mut body).await?;
+                    // Not zeroed first: the socket fills it.
+                    let mut body = BytesMut::with_capacity(length);
+                    let mut frame = (&mut read).take(length as u64);
+                    while body.len() < length {
+                        if frame.read_buf(&mut body).await? == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
                     Ok(body.freeze())
                 }
                 .await;
@@ -120,6 +126,45 @@ impl Connection {
 
     /// Writes `request` at `version`; its response is read later, in order, with [`Connection::receive`].
     pub async fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<(), WireError> {
+        let correlation_id = self.encode(request, version, 0)?;
+        self.writer
+            .write_all(&self.frame)
+            .await
+            .map_err(|source| WireError::Io { broker: self.broker.clone(), source })?;
+        self.sent::<R>(correlation_id, version);
+        Ok(())
+    }
+
+    /// Writes a request whose encoding ends with a null `bytes` field (a produce request of one partition whose
+    /// `records` is `None`, at a version without tagged fields), with `head` and then `tail` as that field's value:
+    /// a batch goes out without being copied into the request.
+    pub async fn send_with_records<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+        head: &[u8],
+        tail: &Bytes,
+    ) -> Result<(), WireError> {
+        let records = head.len() + tail.len();
+        let correlation_id = self.encode(request, version, records)?;
+        let end = self.frame.len();
+        if end < 8 || self.frame[end - 4..] != [0xff; 4] {
+            return Err(self.protocol("the request does not end with a null records field".to_owned()));
+        }
+        let length = i32::try_from(records).map_err(|_| self.protocol("records too large".to_owned()))?;
+        self.frame[end - 4..].copy_from_slice(&length.to_be_bytes());
+        self.frame.put_slice(head);
+        let mut frame = Buf::chain(&self.frame[..], &tail[..]);
+        self.writer
+            .write_all_buf(&mut frame)
+            .await
+            .map_err(|source| WireError::Io { broker: self.broker.clone(), source })?;
+        self.sent::<R>(correlation_id, version);
+        Ok(())
+    }
+
+    /// Encodes the frame of `request` into `self.frame`, its length counting `extra` bytes written after it.
+    fn encode<R: Request>(&mut self, request: &R, version: i16, extra: usize) -> Result<i32, WireError> {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
         let mut header = RequestHeader::default();
@@ -135,14 +180,14 @@ impl Connection {
         if let Err(error) = encoded {
             return Err(self.protocol(format!("cannot encode request (api key {}): {error}", R::KEY)));
         }
-        let length = u32::try_from(self.frame.len() - 4).map_err(|_| self.protocol("request too large".to_owned()))?;
+        let length =
+            u32::try_from(self.frame.len() - 4 + extra).map_err(|_| self.protocol("request too large".to_owned()))?;
         self.frame[..4].copy_from_slice(&length.to_be_bytes());
-        self.writer
-            .write_all(&self.frame)
-            .await
-            .map_err(|source| WireError::Io { broker: self.broker.clone(), source })?;
+        Ok(correlation_id)
+    }
+
+    fn sent<R: Request>(&mut self, correlation_id: i32, version: i16) {
         self.outstanding.push_back(Outstanding { correlation_id, api_key: R::KEY, version, sent_at: Instant::now() });
-        Ok(())
     }
 
     /// The response to the oldest unanswered request, which must be an `R`. Cancel-safe: a response is only taken

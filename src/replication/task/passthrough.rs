@@ -10,7 +10,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -22,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{topic_ids_changed, Replication, TaskError};
 use crate::replication::ledger::{Fate, Pending};
-use crate::wire::batch::{self, Batch, BatchError, ProducerStamp};
+use crate::wire::batch::{self, Batch, BatchError, ProducerStamp, Stamped};
 use crate::wire::cluster::{init_producer_id, Cluster};
 use crate::wire::connection::Connection;
 use crate::wire::WireError;
@@ -75,7 +74,7 @@ struct Ready {
 /// A produce request in flight: what to resend, and how many records its acknowledgement covers.
 #[derive(Debug)]
 struct Sent {
-    bytes: Bytes,
+    batch: Stamped,
     records: i32,
 }
 
@@ -339,9 +338,10 @@ impl Replication<'_> {
                 pipe.producer = Some(init_producer_id(&mut connection).await.map_err(|e| e.to_string())?);
             }
             // What was in flight on the lost connection goes again, in order, with the same sequences.
+            let request = produce_request(&self.ctx.spec.target_topic, partition);
             for sent in &pipe.sent {
                 connection
-                    .send(&produce_request(&self.ctx.spec.target_topic, partition, sent.bytes.clone()), PRODUCE_VERSION)
+                    .send_with_records(&request, PRODUCE_VERSION, &sent.batch.header, &sent.batch.records)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -423,30 +423,31 @@ impl Replication<'_> {
         let producer = pipe.producer.expect("a producer id is taken on connecting");
         let sequence = pipe.next_sequence;
         let timestamp_ms = Some(ready.batch.first_timestamp());
-        let (bytes, records) = if ready.batch.base_offset() >= ready.from && ready.batch.passes_as_is() {
-            let bytes = ready.batch.stamped(producer, sequence);
-            let per_record = bytes.len() / ready.batch.record_count().max(1) as usize;
+        let (stamped, records) = if ready.batch.base_offset() >= ready.from && ready.batch.passes_as_is() {
+            let stamped = ready.batch.stamped(producer, sequence);
+            let per_record = stamped.len() / ready.batch.record_count().max(1) as usize;
             for offset in ready.batch.base_offset()..=ready.batch.last_offset() {
                 self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes: per_record, fate: Fate::Produced });
             }
-            (bytes, ready.batch.record_count())
+            (stamped, ready.batch.record_count())
         } else {
             let renumbered = ready
                 .batch
                 .renumbered(ready.from, producer, sequence)
                 .map_err(|error| Trouble::Task(self.malformed(ready.batch.base_offset(), error)))?;
-            let Some((bytes, offsets)) = renumbered else { return Ok(true) };
-            let per_record = bytes.len() / offsets.len();
+            let Some((stamped, offsets)) = renumbered else { return Ok(true) };
+            let per_record = stamped.len() / offsets.len();
             for &offset in &offsets {
                 self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes: per_record, fate: Fate::Produced });
             }
-            (bytes, offsets.len() as i32)
+            (stamped, offsets.len() as i32)
         };
         pipe.next_sequence = batch::next_sequence(sequence, records);
-        let request = produce_request(&self.ctx.spec.target_topic, self.ctx.spec.id.partition, bytes.clone());
-        pipe.sent.push_back(Sent { bytes, records });
+        let request = produce_request(&self.ctx.spec.target_topic, self.ctx.spec.id.partition);
         let connection = pipe.produce.as_mut().expect("connected before sending");
-        connection.send(&request, PRODUCE_VERSION).await.map_err(|error| Trouble::Connection(error.to_string()))?;
+        let sent = connection.send_with_records(&request, PRODUCE_VERSION, &stamped.header, &stamped.records).await;
+        pipe.sent.push_back(Sent { batch: stamped, records });
+        sent.map_err(|error| Trouble::Connection(error.to_string()))?;
         self.ctx.progress.mark_busy();
         Ok(true)
     }
@@ -584,11 +585,12 @@ enum Trouble {
     Connection(String),
 }
 
-/// A produce request (`acks=all`) of one batch to `topic`'s `partition`.
-fn produce_request(topic: &str, partition: i32, batch: Bytes) -> ProduceRequest {
+/// A produce request (`acks=all`) to `topic`'s `partition`, its batch left out (`records: None`, encoded last at
+/// [`PRODUCE_VERSION`]): [`Connection::send_with_records`] sends the batch after it without copying it.
+fn produce_request(topic: &str, partition: i32) -> ProduceRequest {
     let mut data = PartitionProduceData::default();
     data.index = partition;
-    data.records = Some(batch);
+    data.records = None;
     let mut topic_data = TopicProduceData::default();
     topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
     topic_data.partition_data = vec![data];
