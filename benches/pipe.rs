@@ -5,7 +5,8 @@
 //!   (`ferry::kafka::client_config`), copying key, value, headers and timestamp to the same partition. No
 //!   positions, no checkpoints, no per-record futures: the least work a correct copy can do.
 //! - `produce`: the load generator (the backlog as fast as the source takes it, or a fixed rate of records stamped
-//!   with their send time for the latency phase and the scale run).
+//!   with their send time for the latency phase and the scale run), with a codec (`--compression`) and values of a
+//!   kind (`--payload`: compressible or not).
 //! - `watch`: polls the end offsets of source and target topics and prints one JSON line per poll, so the script
 //!   can time the drain and sample the replicator's CPU and memory at its start and end. With `--committed` (a
 //!   replicator that writes the target in transactions) a partition counts as drained only once its last committed
@@ -14,7 +15,7 @@
 //!   records are still missing or in an open transaction.
 //! - `latency`: reads the target (read_committed) and prints the distribution of receive time − record timestamp;
 //!   with the source topic too, it splits each record's latency into its source part and the replicator's hop.
-//! - `create-topics`: creates many topics in one admin request.
+//! - `create-topics`: creates many topics in one admin request; `delete-topics` deletes topics.
 //!
 //! It is a `[[bench]]` with `harness = false`: `cargo bench --bench pipe -- pipe ...` runs it. Without a
 //! subcommand (as `cargo test --all-targets` runs it) it prints nothing and exits 0.
@@ -94,6 +95,16 @@ enum Command {
         /// ignores) and wait for it, so connection set-up and producer id are not part of the stamped records.
         #[arg(long)]
         warmup: bool,
+        /// Producer compression.type (none, gzip, snappy, lz4, zstd): the codec the source topic's batches keep
+        /// (topics keep the producer's compression).
+        #[arg(long, default_value = "none")]
+        compression: String,
+        /// What the values hold: `repeat`, windows of one 4 KiB incompressible buffer (each value alone does not
+        /// compress, but the records of a batch repeat each other); `random`, incompressible values that do not
+        /// repeat each other; `text`, words of a small vocabulary that do not repeat each other (compresses like
+        /// text or logs: about 2x with lz4, more with zstd).
+        #[arg(long, value_enum, default_value_t = Payload::Repeat)]
+        payload: Payload,
     },
     /// Poll end offsets every `interval-ms`; one JSON line per poll; exit once every target partition reached
     /// its source partition's end, or after `timeout` seconds (exit 1).
@@ -142,6 +153,13 @@ enum Command {
         topics: String,
         #[arg(long)]
         partitions: i32,
+    },
+    /// Delete topics (comma-separated); one that does not exist is no error.
+    DeleteTopics {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topics: String,
     },
 }
 
@@ -194,9 +212,12 @@ fn main() {
             linger_ms,
             no_idempotence,
             warmup,
+            compression,
+            payload,
         } => {
             let linger_ms = linger_ms.unwrap_or(if rate > 0.0 { 5 } else { 20 });
-            let load = Load { records, seconds, size, rate, linger_ms, idempotence: !no_idempotence, warmup };
+            let idempotence = !no_idempotence;
+            let load = Load { records, seconds, size, rate, linger_ms, idempotence, warmup, compression, payload };
             produce(&bootstrap, &split(&topics), partitions, &load)
         }
         Command::Watch { route, partitions, interval_ms, timeout, committed } => {
@@ -211,6 +232,7 @@ fn main() {
         Command::CreateTopics { bootstrap, topics, partitions } => {
             create_topics(&bootstrap, &split(&topics), partitions)
         }
+        Command::DeleteTopics { bootstrap, topics } => delete_topics(&bootstrap, &split(&topics)),
     };
     if let Err(error) = result {
         eprintln!("pipe: {error}");
@@ -425,6 +447,39 @@ fn filler(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Values whose windows `text` records are: 16 MiB, so the records of one batch (or one compression window) are
+/// as good as never the same bytes.
+const DISTINCT_BYTES: usize = 16 << 20;
+
+/// A buffer of `len` bytes of space-separated words drawn uniformly from 256 made-up lowercase words of 2 to 9
+/// letters: no two windows alike, but compressible.
+fn text_filler(len: usize) -> Vec<u8> {
+    let bytes = filler(256 * 10 + len * 2);
+    let mut vocabulary = Vec::with_capacity(256);
+    for (word, chunk) in bytes[..256 * 10].chunks(10).enumerate() {
+        let letters = 2 + word % 8;
+        vocabulary.push(chunk[..letters].iter().map(|b| b'a' + b % 26).collect::<Vec<u8>>());
+    }
+    let mut out = Vec::with_capacity(len + 10);
+    for choice in &bytes[256 * 10..] {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(&vocabulary[*choice as usize]);
+        out.push(b' ');
+    }
+    out.truncate(len);
+    out
+}
+
+/// What the load generator's values hold (`produce --payload`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Payload {
+    Repeat,
+    Random,
+    Text,
+}
+
 /// What `produce` sends.
 struct Load {
     records: u64,
@@ -434,6 +489,8 @@ struct Load {
     linger_ms: u64,
     idempotence: bool,
     warmup: bool,
+    compression: String,
+    payload: Payload,
 }
 
 /// Header of the records `produce --warmup` sends first; `latency` does not count them.
@@ -451,8 +508,14 @@ fn produce(bootstrap: &str, topics: &[String], partitions: i32, load: &Load) -> 
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "262144")
         .set("message.timeout.ms", "0")
+        .set("compression.type", &load.compression)
         .create()?;
-    let data = filler(size + 4096);
+    // Values are windows of `data`, starting `window` bytes apart at most.
+    let (data, window) = match load.payload {
+        Payload::Repeat => (filler(size + 4096), 4096),
+        Payload::Random => (filler(size + DISTINCT_BYTES), DISTINCT_BYTES),
+        Payload::Text => (text_filler(size + DISTINCT_BYTES), DISTINCT_BYTES),
+    };
     let targets: Vec<(&str, i32)> =
         topics.iter().flat_map(|topic| (0..partitions).map(move |partition| (topic.as_str(), partition))).collect();
     if load.warmup {
@@ -484,7 +547,12 @@ fn produce(bootstrap: &str, topics: &[String], partitions: i32, load: &Load) -> 
             continue;
         }
         let (topic, partition) = targets[(sent % targets.len() as u64) as usize];
-        let offset = (sent as usize * 61) % 4096;
+        let offset = match load.payload {
+            Payload::Repeat => (sent as usize * 61) % window,
+            // A multiplicative hash of the record number: windows all over the buffer, not overlapping their
+            // neighbours in a batch.
+            Payload::Random | Payload::Text => (sent.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % window,
+        };
         let mut record: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(topic).partition(partition).payload(&data[offset..offset + size]).timestamp(now_ms());
         loop {
@@ -875,6 +943,21 @@ fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> Result<
             }
             attempt += 1;
             std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    Ok(())
+}
+
+fn delete_topics(bootstrap: &str, topics: &[String]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = plain(bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(120)));
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    for chunk in names.chunks(20) {
+        for result in futures::executor::block_on(admin.delete_topics(chunk, &options))? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => return Err(format!("cannot delete {topic}: {code}").into()),
+            }
         }
     }
     Ok(())
