@@ -16,6 +16,8 @@ const SENSITIVE_KEY_PARTS: &[&str] = &[
     "token",
     "credential",
     "sasl.oauthbearer.config",
+    // librdkafka 2.10+'s JWT bearer grant: the private key itself, its passphrase and its file.
+    "sasl.oauthbearer.assertion.private.key",
     "sasl.jaas.config",
     "ssl.key.pem",
     "ssl_key",
@@ -214,6 +216,9 @@ mod tests {
             "ssl.key.pem",
             "sasl.oauthbearer.config",
             "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.assertion.private.key.pem",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl.oauthbearer.assertion.private.key.file",
             "SASL.PASSWORD",
         ] {
             assert!(is_sensitive_key(key), "{key}");

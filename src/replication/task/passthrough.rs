@@ -99,9 +99,8 @@ struct Pipe {
     sent: VecDeque<Sent>,
     /// The source refused the fetch offset; handled once every fetched batch is taken up.
     out_of_range: bool,
-    /// Since when the task has not reached a leader, and the next wait.
-    trouble_since: Option<Instant>,
-    backoff: Duration,
+    /// Since when the task has not reached the source's and the target's leader, and the next waits.
+    trouble: [Trouble; 2],
     request: FetchRequest,
 }
 
@@ -134,8 +133,7 @@ impl Pipe {
             ready_bytes: 0,
             sent: VecDeque::new(),
             out_of_range: false,
-            trouble_since: None,
-            backoff: FIRST_RETRY_BACKOFF,
+            trouble: [Trouble::default(), Trouble::default()],
             request,
         }
     }
@@ -153,10 +151,38 @@ impl Pipe {
             .map(|sent_at| sent_at + REQUEST_TIMEOUT)
     }
 
-    /// Something answered: the next trouble starts its backoff afresh.
-    fn answered(&mut self) {
-        self.trouble_since = None;
-        self.backoff = FIRST_RETRY_BACKOFF;
+    /// A leader of `side` answered: its next trouble starts afresh.
+    fn answered(&mut self, side: Side) {
+        self.trouble[side as usize] = Trouble::default();
+    }
+}
+
+/// The cluster a connection goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source = 0,
+    Target = 1,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        }
+    }
+}
+
+/// Since when one side's leader has not been reached, and the next wait.
+#[derive(Debug)]
+struct Trouble {
+    since: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Default for Trouble {
+    fn default() -> Self {
+        Trouble { since: None, backoff: FIRST_RETRY_BACKOFF }
     }
 }
 
@@ -238,8 +264,8 @@ impl Replication<'_> {
             if pipe.fetch.is_none() || pipe.produce.is_none() {
                 match self.connect(clusters, pipe).await {
                     Ok(()) => {}
-                    Err(error) => {
-                        if !self.wait_after_trouble(pipe, error, stop).await? {
+                    Err((side, error)) => {
+                        if !self.wait_after_trouble(pipe, side, error, stop).await? {
                             return Ok(());
                         }
                         continue;
@@ -256,7 +282,8 @@ impl Replication<'_> {
                 let connection = pipe.fetch.as_mut().expect("connected above");
                 if let Err(error) = connection.send(&pipe.request, FETCH_VERSION).await {
                     pipe.fetch = None;
-                    if !self.wait_after_trouble(pipe, self.unreachable(clusters.source.alias(), error), stop).await? {
+                    let why = self.unreachable(clusters.source.alias(), error);
+                    if !self.wait_after_trouble(pipe, Side::Source, why, stop).await? {
                         return Ok(());
                     }
                     continue;
@@ -266,11 +293,11 @@ impl Replication<'_> {
                 match self.send_next(pipe, stop).await {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
-                    Err(Trouble::Task(error)) => return Err(error),
-                    Err(Trouble::Connection(error)) => {
+                    Err(Failure::Task(error)) => return Err(error),
+                    Err(Failure::Connection(error)) => {
                         pipe.produce = None;
                         let why = format!("cluster {}: {error}", clusters.target.alias());
-                        if !self.wait_after_trouble(pipe, why, stop).await? {
+                        if !self.wait_after_trouble(pipe, Side::Target, why, stop).await? {
                             return Ok(());
                         }
                         break;
@@ -287,55 +314,61 @@ impl Replication<'_> {
                 _ = stop.cancelled() => return Ok(()),
                 () = topic_ids_changed(&mut self.source_topic_ids) => self.check_source_topic_id()?,
                 response = next_response::<ProduceRequest>(produce) => {
-                    if let Err(trouble) = self.produced(pipe, response) {
-                        self.lost_connection(pipe, trouble, clusters.target.alias(), true, stop).await?;
+                    if let Err(failure) = self.produced(pipe, response) {
+                        self.lost_connection(pipe, failure, clusters.target.alias(), Side::Target, stop).await?;
                     }
                 }
                 response = next_response::<FetchRequest>(fetch) => {
-                    match response.map_err(|error| self.unreachable(clusters.source.alias(), error)) {
+                    match response.map_err(|error| error.to_string()) {
                         Ok(response) => match self.fetched(pipe, response)? {
-                            Fetched::Data => pipe.answered(),
+                            Fetched::Data => pipe.answered(Side::Source),
                             Fetched::OutOfRange => pipe.out_of_range = true,
                             Fetched::Retry(why) => {
-                                let trouble = Trouble::Connection(why);
-                                self.lost_connection(pipe, trouble, clusters.source.alias(), false, stop).await?;
+                                let failure = Failure::Connection(why);
+                                self.lost_connection(pipe, failure, clusters.source.alias(), Side::Source, stop).await?;
                             }
                         },
                         Err(why) => {
-                            let trouble = Trouble::Connection(why);
-                            self.lost_connection(pipe, trouble, clusters.source.alias(), false, stop).await?;
+                            let failure = Failure::Connection(why);
+                            self.lost_connection(pipe, failure, clusters.source.alias(), Side::Source, stop).await?;
                         }
                     }
                 }
                 () = sleep_until(deadline) => {
                     let produce_oldest = pipe.produce.as_ref().and_then(Connection::oldest_sent_at);
                     let fetch_oldest = pipe.fetch.as_ref().and_then(Connection::oldest_sent_at);
-                    let target = match (produce_oldest, fetch_oldest) {
-                        (Some(produce), Some(fetch)) => produce <= fetch,
-                        (produce, _) => produce.is_some(),
+                    let side = match (produce_oldest, fetch_oldest) {
+                        (Some(produce), Some(fetch)) if produce <= fetch => Side::Target,
+                        (Some(_), None) => Side::Target,
+                        _ => Side::Source,
                     };
-                    let alias = if target { clusters.target.alias() } else { clusters.source.alias() };
-                    let trouble = Trouble::Connection(format!("no answer within {REQUEST_TIMEOUT:?}"));
-                    self.lost_connection(pipe, trouble, alias, target, stop).await?;
+                    let alias = match side {
+                        Side::Source => clusters.source.alias(),
+                        Side::Target => clusters.target.alias(),
+                    };
+                    let failure = Failure::Connection(format!("no answer within {REQUEST_TIMEOUT:?}"));
+                    self.lost_connection(pipe, failure, alias, side, stop).await?;
                 }
             }
         }
     }
 
     /// Connects to whichever leader the task has no connection to, and takes a producer id on the target.
-    async fn connect(&mut self, clusters: &PassThroughClusters, pipe: &mut Pipe) -> Result<(), String> {
+    async fn connect(&mut self, clusters: &PassThroughClusters, pipe: &mut Pipe) -> Result<(), (Side, String)> {
         let (topic, partition) = (&*self.ctx.spec.id.topic, self.ctx.spec.id.partition);
         if pipe.fetch.is_none() {
-            let leader = clusters.source.leader(topic, partition).await.map_err(|e| e.to_string())?;
-            let connection = clusters.source.connect(&leader.address).await.map_err(|e| e.to_string())?;
+            let failed = |error: WireError| (Side::Source, format!("cluster {}: {error}", clusters.source.alias()));
+            let leader = clusters.source.leader(topic, partition).await.map_err(failed)?;
+            let connection = clusters.source.connect(&leader.address).await.map_err(failed)?;
             pipe.fetch = Some(connection);
         }
         if pipe.produce.is_none() {
+            let failed = |error: WireError| (Side::Target, format!("cluster {}: {error}", clusters.target.alias()));
             let target_topic = &self.ctx.spec.target_topic;
-            let leader = clusters.target.leader(target_topic, partition).await.map_err(|e| e.to_string())?;
-            let mut connection = clusters.target.connect(&leader.address).await.map_err(|e| e.to_string())?;
+            let leader = clusters.target.leader(target_topic, partition).await.map_err(failed)?;
+            let mut connection = clusters.target.connect(&leader.address).await.map_err(failed)?;
             if pipe.producer.is_none() {
-                pipe.producer = Some(init_producer_id(&mut connection).await.map_err(|e| e.to_string())?);
+                pipe.producer = Some(init_producer_id(&mut connection).await.map_err(failed)?);
             }
             // What was in flight on the lost connection goes again, in order, with the same sequences.
             let request = produce_request(&self.ctx.spec.target_topic, partition);
@@ -343,7 +376,7 @@ impl Replication<'_> {
                 connection
                     .send_with_records(&request, PRODUCE_VERSION, &sent.batch.header, &sent.batch.records)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(failed)?;
             }
             if !pipe.sent.is_empty() {
                 info!(task = %self.ctx.spec.id, batches = pipe.sent.len(), broker = connection.broker(), "resent the batches in flight to the target partition's leader");
@@ -353,49 +386,49 @@ impl Replication<'_> {
         Ok(())
     }
 
-    /// Drops the connection a failure came from, and waits before the next attempt. `false` when `stop` fired.
+    /// Drops the connection a failure came from, and waits before the next attempt (not when `stop` fires).
     async fn lost_connection(
         &mut self,
         pipe: &mut Pipe,
-        trouble: Trouble,
+        failure: Failure,
         alias: &str,
-        target: bool,
+        side: Side,
         stop: &CancellationToken,
     ) -> Result<(), TaskError> {
-        let why = match trouble {
-            Trouble::Task(error) => return Err(error),
-            Trouble::Connection(why) => why,
+        let why = match failure {
+            Failure::Task(error) => return Err(error),
+            Failure::Connection(why) => why,
         };
-        if target {
-            pipe.produce = None;
-        } else {
-            pipe.fetch = None;
+        match side {
+            Side::Source => pipe.fetch = None,
+            Side::Target => pipe.produce = None,
         }
-        let side = if target { "target" } else { "source" };
-        self.wait_after_trouble(pipe, format!("{side} cluster {alias}: {why}"), stop).await?;
+        self.wait_after_trouble(pipe, side, format!("cluster {alias}: {why}"), stop).await?;
         Ok(())
     }
 
-    /// Waits the backoff after a failure to reach a leader; fails the task once the trouble lasted too long.
+    /// Waits the backoff after a failure to reach `side`'s leader; fails the task once that lasted too long.
     /// `false` when `stop` fired first.
     async fn wait_after_trouble(
         &mut self,
         pipe: &mut Pipe,
+        side: Side,
         why: String,
         stop: &CancellationToken,
     ) -> Result<bool, TaskError> {
-        let since = *pipe.trouble_since.get_or_insert_with(Instant::now);
+        let trouble = &mut pipe.trouble[side as usize];
+        let since = *trouble.since.get_or_insert_with(Instant::now);
         if since.elapsed() > MAX_TROUBLE {
             return Err(TaskError::PassThrough {
                 topic: self.ctx.spec.id.topic.to_string(),
                 partition: self.ctx.spec.id.partition,
-                detail: format!("no leader reached for {MAX_TROUBLE:?}: {why}"),
+                detail: format!("the {} partition's leader not reached for {MAX_TROUBLE:?}: {why}", side.name()),
                 retriable: true,
             });
         }
-        warn!(task = %self.ctx.spec.id, error = why, retry_in = ?pipe.backoff, "pass-through: reconnecting");
-        let backoff = pipe.backoff;
-        pipe.backoff = (pipe.backoff * 2).min(MAX_RETRY_BACKOFF);
+        let backoff = trouble.backoff;
+        trouble.backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+        warn!(task = %self.ctx.spec.id, side = side.name(), error = why, retry_in = ?backoff, "pass-through: reconnecting");
         tokio::select! {
             biased;
             _ = stop.cancelled() => Ok(false),
@@ -409,7 +442,7 @@ impl Replication<'_> {
 
     /// Produces the next ready batch: passes the throttle, stamps ferry's producer into it (renumbered if it cannot
     /// go as it is), and takes up its records. `false` when `stop` fired first.
-    async fn send_next(&mut self, pipe: &mut Pipe, stop: &CancellationToken) -> Result<bool, Trouble> {
+    async fn send_next(&mut self, pipe: &mut Pipe, stop: &CancellationToken) -> Result<bool, Failure> {
         let ready = pipe.ready.front().expect("called with a ready batch");
         if let Some(throttle) = &self.ctx.throttle {
             tokio::select! {
@@ -434,7 +467,7 @@ impl Replication<'_> {
             let renumbered = ready
                 .batch
                 .renumbered(ready.from, producer, sequence)
-                .map_err(|error| Trouble::Task(self.malformed(ready.batch.base_offset(), error)))?;
+                .map_err(|error| Failure::Task(self.malformed(ready.batch.base_offset(), error)))?;
             let Some((stamped, offsets)) = renumbered else { return Ok(true) };
             let per_record = stamped.len() / offsets.len();
             for &offset in &offsets {
@@ -447,7 +480,7 @@ impl Replication<'_> {
         let connection = pipe.produce.as_mut().expect("connected before sending");
         let sent = connection.send_with_records(&request, PRODUCE_VERSION, &stamped.header, &stamped.records).await;
         pipe.sent.push_back(Sent { batch: stamped, records });
-        sent.map_err(|error| Trouble::Connection(error.to_string()))?;
+        sent.map_err(|error| Failure::Connection(error.to_string()))?;
         self.ctx.progress.mark_busy();
         Ok(true)
     }
@@ -463,20 +496,20 @@ impl Replication<'_> {
 
     /// Accounts for a produce response: the records of the oldest batch in flight were written from the returned
     /// base offset on, or the target refused them.
-    fn produced(&mut self, pipe: &mut Pipe, response: Result<ProduceResponse, WireError>) -> Result<(), Trouble> {
-        let response = response.map_err(|error| Trouble::Connection(error.to_string()))?;
+    fn produced(&mut self, pipe: &mut Pipe, response: Result<ProduceResponse, WireError>) -> Result<(), Failure> {
+        let response = response.map_err(|error| Failure::Connection(error.to_string()))?;
         let Some(partition) = response.responses.first().and_then(|topic| topic.partition_responses.first()) else {
-            return Err(Trouble::Connection("a produce response without the partition".to_owned()));
+            return Err(Failure::Connection("a produce response without the partition".to_owned()));
         };
         match partition.error_code.err() {
             None => {
                 let sent = pipe.sent.pop_front().expect("a response answers a request in flight");
                 let base = partition.base_offset;
                 self.acks.extend((0..i64::from(sent.records)).map(|delta| Ok(base + delta)));
-                pipe.answered();
-                self.settle().map_err(Trouble::Task)
+                pipe.answered(Side::Target);
+                self.settle().map_err(Failure::Task)
             }
-            Some(error) if error.is_retriable() => Err(Trouble::Connection(format!("produce answered {error}"))),
+            Some(error) if error.is_retriable() => Err(Failure::Connection(format!("produce answered {error}"))),
             Some(error) => {
                 let first = self.ledger.front().map_or(self.position.next_source_offset, |record| record.offset);
                 let through = first + i64::from(pipe.sent.front().map_or(1, |sent| sent.records)) - 1;
@@ -486,7 +519,7 @@ impl Replication<'_> {
                         detail.push_str(&format!(" (record {} of the batch: {})", refused.batch_index, &**message));
                     }
                 }
-                Err(Trouble::Task(self.batch_refused(first, through, error, detail)))
+                Err(Failure::Task(self.batch_refused(first, through, error, detail)))
             }
         }
     }
@@ -563,8 +596,8 @@ impl Replication<'_> {
             match response {
                 Ok(response) => match self.produced(pipe, response) {
                     Ok(()) => {}
-                    Err(Trouble::Task(error)) => return Err(error),
-                    Err(Trouble::Connection(why)) => {
+                    Err(Failure::Task(error)) => return Err(error),
+                    Err(Failure::Connection(why)) => {
                         warn!(task = %self.ctx.spec.id, error = why, unacknowledged = pipe.sent.len(), "stopping without the acknowledgement of the last batches; they are replicated again from the checkpoint");
                         break;
                     }
@@ -580,7 +613,7 @@ impl Replication<'_> {
 }
 
 /// Why sending or a response failed: the task must stop, or only a connection is lost.
-enum Trouble {
+enum Failure {
     Task(TaskError),
     Connection(String),
 }
