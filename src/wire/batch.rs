@@ -350,12 +350,6 @@ fn write_producer(header: &mut [u8; HEADER_LEN], producer: ProducerStamp, base_s
     header[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
 }
 
-/// Whether the CRC of a batch matches its content.
-pub fn crc_matches(batch: &[u8]) -> bool {
-    batch.len() >= HEADER_LEN
-        && crc32c::crc32c(&batch[ATTRIBUTES..]) == u32::from_be_bytes(batch[CRC..CRC + 4].try_into().unwrap())
-}
-
 /// The sequence after a batch of `count` records at `base_sequence` (sequences wrap at `i32::MAX`, as Kafka's do).
 pub fn next_sequence(base_sequence: i32, count: i32) -> i32 {
     ((i64::from(base_sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
@@ -483,6 +477,12 @@ mod tests {
     use super::*;
 
     const PRODUCER: ProducerStamp = ProducerStamp { id: 4242, epoch: 3 };
+
+    /// Whether the CRC of a batch matches its content, as the target checks it.
+    fn crc_matches(batch: &[u8]) -> bool {
+        batch.len() >= HEADER_LEN
+            && crc32c::crc32c(&batch[ATTRIBUTES..]) == u32::from_be_bytes(batch[CRC..CRC + 4].try_into().unwrap())
+    }
 
     /// Records at `offsets` (gaps where compaction removed records), as a source producer wrote them.
     fn records(offsets: &[i64], timestamp_type: TimestampType) -> Vec<Record> {

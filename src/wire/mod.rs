@@ -2,13 +2,15 @@
 //! source leader to the target leader as bytes, where librdkafka would take every record apart and build it again.
 //!
 //! Layout: [`connection`] (one broker connection, requests pipelined, responses in order), [`cluster`] (bootstrap,
-//! partition leaders, producer ids), [`batch`] (record batch headers: read, stamp, renumber). The per-partition loop
+//! partition leaders, producer ids), [`requests`] (the fetch and produce requests of the data path), [`batch`]
+//! (record batch headers: read, stamp, renumber). The per-partition loop
 //! that uses them is the task's ([`crate::replication::task`]). Requests are encoded by the `kafka-protocol` crate;
 //! plaintext connections only (see docs/adr/0028-batch-pass-through.md).
 
 pub mod batch;
 pub mod cluster;
 pub mod connection;
+pub mod requests;
 
 use kafka_protocol::error::ResponseError;
 

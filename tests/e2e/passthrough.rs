@@ -7,9 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry::wire::batch::{self, Batch};
 use ferry::wire::cluster::Cluster;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use ferry::wire::requests::{fetch_request, FETCH_VERSION};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
 
@@ -35,24 +33,11 @@ async fn raw_batches(bootstrap: &str, topic: &str, partition: i32) -> Vec<Batch>
     let mut connection = cluster.connect(&leader.address).await.unwrap();
     let end = end_offset(bootstrap, topic, partition);
     let mut batches: Vec<Batch> = Vec::new();
+    let mut request = fetch_request(topic, partition, 1 << 20, 100, false);
     let mut offset = 0;
     while offset < end {
-        let mut wanted = FetchPartition::default();
-        wanted.partition = partition;
-        wanted.fetch_offset = offset;
-        wanted.current_leader_epoch = -1;
-        wanted.log_start_offset = -1;
-        wanted.partition_max_bytes = 1 << 20;
-        let mut fetch_topic = FetchTopic::default();
-        fetch_topic.topic = TopicName(StrBytes::from_string(topic.to_owned()));
-        fetch_topic.partitions = vec![wanted];
-        let mut request = FetchRequest::default();
-        request.replica_id = BrokerId(-1);
-        request.max_wait_ms = 100;
-        request.max_bytes = 4 << 20;
-        request.session_epoch = -1;
-        request.topics = vec![fetch_topic];
-        let response = connection.call(&request, 11).await.unwrap();
+        request.topics[0].partitions[0].fetch_offset = offset;
+        let response = connection.call(&request, FETCH_VERSION).await.unwrap();
         let data = &response.responses[0].partitions[0];
         assert_eq!(data.error_code, 0, "fetching {topic}[{partition}] at {offset}");
         let fetched = batch::split(data.records.clone().unwrap_or_default()).unwrap();

@@ -11,10 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -24,6 +21,7 @@ use crate::replication::ledger::{Fate, Pending};
 use crate::wire::batch::{self, Batch, BatchError, ProducerStamp, Stamped};
 use crate::wire::cluster::{init_producer_id, Cluster};
 use crate::wire::connection::Connection;
+use crate::wire::requests::{fetch_request, produce_request, FETCH_VERSION, PRODUCE_VERSION};
 use crate::wire::WireError;
 
 /// Produce requests (one batch each) a task keeps in flight. Over a long link a partition moves this many batches
@@ -41,9 +39,8 @@ const RESENDABLE_BATCHES: usize = 5;
 /// [`PARTITION_MAX_BYTES`] in flight, a task holds at most about twice this besides its batches in flight, so a
 /// member's memory stays bounded by its partition count when the target is slow.
 const MAX_READY_BYTES: usize = 2 << 20;
-/// `max_bytes` of a fetch (one partition per fetch); a larger single batch still comes whole (KIP-74).
-const FETCH_MAX_BYTES: i32 = 2 << 20;
-/// `partition_max_bytes` of a fetch.
+/// `max_bytes` and `partition_max_bytes` of a fetch (one partition per fetch); a larger single batch still comes
+/// whole (KIP-74).
 const PARTITION_MAX_BYTES: i32 = 2 << 20;
 /// How long a fetch waits at the source for data: the per-record path's `fetch.wait.max.ms`.
 const FETCH_MAX_WAIT_MS: i32 = 100;
@@ -57,12 +54,6 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the task keeps reconnecting on its own before it fails and the supervisor restarts (and reports) it.
 const MAX_TROUBLE: Duration = Duration::from_secs(120);
 
-/// Fetch request version: v11 (Kafka 2.3) has read_committed, aborted transactions and the log start offset, and
-/// every broker from 2.3 to 4.x answers it.
-const FETCH_VERSION: i16 = 11;
-/// Produce request version: v8 (Kafka 2.4) names the refused record; every broker from 2.4 to 4.x answers it.
-const PRODUCE_VERSION: i16 = 8;
-
 /// The two clusters of a pass-through flow.
 #[derive(Debug)]
 pub struct PassThroughClusters {
@@ -70,6 +61,15 @@ pub struct PassThroughClusters {
     pub source: Cluster,
     /// Written to.
     pub target: Cluster,
+}
+
+impl PassThroughClusters {
+    fn alias(&self, side: Side) -> &str {
+        match side {
+            Side::Source => self.source.alias(),
+            Side::Target => self.target.alias(),
+        }
+    }
 }
 
 /// A fetched batch waiting to be produced, and the first source offset of it the task has not taken up yet.
@@ -110,28 +110,17 @@ struct Pipe {
     out_of_range: bool,
     /// Since when the task has not reached the source's and the target's leader, and the next waits.
     trouble: [Trouble; 2],
-    request: FetchRequest,
+    /// The task's fetch, its offset set before each send.
+    fetch_request: FetchRequest,
+    /// The task's produce request, sent before each batch.
+    produce_request: ProduceRequest,
 }
 
 impl Pipe {
-    fn new(topic: &str, partition: i32, fetch_offset: i64) -> Self {
-        let mut wanted = FetchPartition::default();
-        wanted.partition = partition;
-        wanted.current_leader_epoch = -1;
-        wanted.log_start_offset = -1;
-        wanted.partition_max_bytes = PARTITION_MAX_BYTES;
-        let mut fetch_topic = FetchTopic::default();
-        fetch_topic.topic = TopicName(StrBytes::from_string(topic.to_owned()));
-        fetch_topic.partitions = vec![wanted];
-        let mut request = FetchRequest::default();
-        request.replica_id = kafka_protocol::messages::BrokerId(-1);
-        request.max_wait_ms = FETCH_MAX_WAIT_MS;
-        request.min_bytes = 1;
-        request.max_bytes = FETCH_MAX_BYTES;
-        request.isolation_level = 1;
-        request.session_id = 0;
-        request.session_epoch = -1;
-        request.topics = vec![fetch_topic];
+    fn new(ctx: &super::TaskContext, fetch_offset: i64) -> Self {
+        let partition = ctx.spec.id.partition;
+        let fetch_request = fetch_request(&ctx.spec.id.topic, partition, PARTITION_MAX_BYTES, FETCH_MAX_WAIT_MS, true);
+        let produce_request = produce_request(&ctx.spec.target_topic, partition, PRODUCE_TIMEOUT_MS);
         Pipe {
             fetch: None,
             produce: None,
@@ -144,7 +133,8 @@ impl Pipe {
             sent_bytes: 0,
             out_of_range: false,
             trouble: [Trouble::default(), Trouble::default()],
-            request,
+            fetch_request,
+            produce_request,
         }
     }
 
@@ -260,7 +250,7 @@ impl Replication<'_> {
         stop: &CancellationToken,
     ) -> Result<(), TaskError> {
         self.check_source_topic_id()?;
-        let mut pipe = Pipe::new(&self.ctx.spec.id.topic, self.ctx.spec.id.partition, self.next_fetch());
+        let mut pipe = Pipe::new(self.ctx, self.next_fetch());
         let result = self.pass_through_until_stopped(clusters, &mut pipe, stop).await;
         if result.is_ok() {
             // Batches already sent may still be acknowledged: account for them before the position is checkpointed.
@@ -292,14 +282,12 @@ impl Replication<'_> {
                 });
             }
             if pipe.fetch.is_none() || pipe.produce.is_none() {
-                match self.connect(clusters, pipe).await {
-                    Ok(()) => {}
-                    Err((side, error)) => {
-                        if !self.wait_after_trouble(pipe, side, error, stop).await? {
-                            return Ok(());
-                        }
-                        continue;
+                if let Err((side, error)) = self.connect(clusters, pipe).await {
+                    if !self.lost_connection(pipe, clusters, side, Failure::Connection(error.to_string()), stop).await?
+                    {
+                        return Ok(());
                     }
+                    continue;
                 }
             }
             if pipe.out_of_range && pipe.ready.is_empty() {
@@ -308,12 +296,11 @@ impl Replication<'_> {
                 pipe.out_of_range = false;
             }
             if !pipe.fetching() && !pipe.out_of_range && pipe.ready_bytes < MAX_READY_BYTES {
-                pipe.request.topics[0].partitions[0].fetch_offset = pipe.fetch_offset;
+                pipe.fetch_request.topics[0].partitions[0].fetch_offset = pipe.fetch_offset;
                 let connection = pipe.fetch.as_mut().expect("connected above");
-                if let Err(error) = connection.send(&pipe.request, FETCH_VERSION).await {
-                    pipe.fetch = None;
-                    let why = self.unreachable(clusters.source.alias(), error);
-                    if !self.wait_after_trouble(pipe, Side::Source, why, stop).await? {
+                if let Err(error) = connection.send(&pipe.fetch_request, FETCH_VERSION).await {
+                    let failure = Failure::Connection(error.to_string());
+                    if !self.lost_connection(pipe, clusters, Side::Source, failure, stop).await? {
                         return Ok(());
                     }
                     continue;
@@ -323,11 +310,8 @@ impl Replication<'_> {
                 match self.send_next(pipe, stop).await {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
-                    Err(Failure::Task(error)) => return Err(error),
-                    Err(Failure::Connection(error)) => {
-                        pipe.produce = None;
-                        let why = format!("cluster {}: {error}", clusters.target.alias());
-                        if !self.wait_after_trouble(pipe, Side::Target, why, stop).await? {
+                    Err(failure) => {
+                        if !self.lost_connection(pipe, clusters, Side::Target, failure, stop).await? {
                             return Ok(());
                         }
                         break;
@@ -345,23 +329,28 @@ impl Replication<'_> {
                 () = topic_ids_changed(&mut self.source_topic_ids) => self.check_source_topic_id()?,
                 response = next_response::<ProduceRequest>(produce) => {
                     if let Err(failure) = self.produced(pipe, response) {
-                        self.lost_connection(pipe, failure, clusters.target.alias(), Side::Target, stop).await?;
+                        if !self.lost_connection(pipe, clusters, Side::Target, failure, stop).await? {
+                            return Ok(());
+                        }
                     }
                 }
                 response = next_response::<FetchRequest>(fetch) => {
-                    match response.map_err(|error| error.to_string()) {
+                    let failure = match response {
                         Ok(response) => match self.fetched(pipe, response)? {
-                            Fetched::Data => pipe.answered(Side::Source),
-                            Fetched::OutOfRange => pipe.out_of_range = true,
-                            Fetched::Retry(why) => {
-                                let failure = Failure::Connection(why);
-                                self.lost_connection(pipe, failure, clusters.source.alias(), Side::Source, stop).await?;
+                            Fetched::Data => {
+                                pipe.answered(Side::Source);
+                                continue;
                             }
+                            Fetched::OutOfRange => {
+                                pipe.out_of_range = true;
+                                continue;
+                            }
+                            Fetched::Retry(why) => Failure::Connection(why),
                         },
-                        Err(why) => {
-                            let failure = Failure::Connection(why);
-                            self.lost_connection(pipe, failure, clusters.source.alias(), Side::Source, stop).await?;
-                        }
+                        Err(error) => Failure::Connection(error.to_string()),
+                    };
+                    if !self.lost_connection(pipe, clusters, Side::Source, failure, stop).await? {
+                        return Ok(());
                     }
                 }
                 () = sleep_until(deadline) => {
@@ -372,39 +361,34 @@ impl Replication<'_> {
                         (Some(_), None) => Side::Target,
                         _ => Side::Source,
                     };
-                    let alias = match side {
-                        Side::Source => clusters.source.alias(),
-                        Side::Target => clusters.target.alias(),
-                    };
                     let failure = Failure::Connection(format!("no answer within {REQUEST_TIMEOUT:?}"));
-                    self.lost_connection(pipe, failure, alias, side, stop).await?;
+                    if !self.lost_connection(pipe, clusters, side, failure, stop).await? {
+                        return Ok(());
+                    }
                 }
             }
         }
     }
 
     /// Connects to whichever leader the task has no connection to, and takes a producer id on the target.
-    async fn connect(&mut self, clusters: &PassThroughClusters, pipe: &mut Pipe) -> Result<(), (Side, String)> {
+    async fn connect(&mut self, clusters: &PassThroughClusters, pipe: &mut Pipe) -> Result<(), (Side, WireError)> {
         let (topic, partition) = (&*self.ctx.spec.id.topic, self.ctx.spec.id.partition);
         if pipe.fetch.is_none() {
-            let failed = |error: WireError| (Side::Source, format!("cluster {}: {error}", clusters.source.alias()));
+            let failed = |error| (Side::Source, error);
             let leader = clusters.source.leader(topic, partition).await.map_err(failed)?;
-            let connection = clusters.source.connect(&leader.address).await.map_err(failed)?;
-            pipe.fetch = Some(connection);
+            pipe.fetch = Some(clusters.source.connect(&leader.address).await.map_err(failed)?);
         }
         if pipe.produce.is_none() {
-            let failed = |error: WireError| (Side::Target, format!("cluster {}: {error}", clusters.target.alias()));
-            let target_topic = &self.ctx.spec.target_topic;
-            let leader = clusters.target.leader(target_topic, partition).await.map_err(failed)?;
+            let failed = |error| (Side::Target, error);
+            let leader = clusters.target.leader(&self.ctx.spec.target_topic, partition).await.map_err(failed)?;
             let mut connection = clusters.target.connect(&leader.address).await.map_err(failed)?;
             if pipe.producer.is_none() {
                 pipe.producer = Some(init_producer_id(&mut connection).await.map_err(failed)?);
             }
             // What was in flight on the lost connection goes again, in order, with the same sequences.
-            let request = produce_request(&self.ctx.spec.target_topic, partition);
             for sent in &pipe.sent {
                 connection
-                    .send_with_records(&request, PRODUCE_VERSION, &sent.batch.header, &sent.batch.records)
+                    .send_with_records(&pipe.produce_request, PRODUCE_VERSION, &sent.batch.header, &sent.batch.records)
                     .await
                     .map_err(failed)?;
             }
@@ -416,15 +400,16 @@ impl Replication<'_> {
         Ok(())
     }
 
-    /// Drops the connection a failure came from, and waits before the next attempt (not when `stop` fires).
+    /// Ends the task on a task failure; on a connection failure drops `side`'s connection and waits before the next
+    /// attempt. `false` when `stop` fired first.
     async fn lost_connection(
         &mut self,
         pipe: &mut Pipe,
-        failure: Failure,
-        alias: &str,
+        clusters: &PassThroughClusters,
         side: Side,
+        failure: Failure,
         stop: &CancellationToken,
-    ) -> Result<(), TaskError> {
+    ) -> Result<bool, TaskError> {
         let why = match failure {
             Failure::Task(error) => return Err(error),
             Failure::Connection(why) => why,
@@ -433,8 +418,7 @@ impl Replication<'_> {
             Side::Source => pipe.fetch = None,
             Side::Target => pipe.produce = None,
         }
-        self.wait_after_trouble(pipe, side, format!("cluster {alias}: {why}"), stop).await?;
-        Ok(())
+        self.wait_after_trouble(pipe, side, format!("cluster {}: {why}", clusters.alias(side)), stop).await
     }
 
     /// Waits the backoff after a failure to reach `side`'s leader; fails the task once that lasted too long.
@@ -466,10 +450,6 @@ impl Replication<'_> {
         }
     }
 
-    fn unreachable(&self, alias: &str, error: WireError) -> String {
-        format!("cluster {alias}: {error}")
-    }
-
     /// Produces the next ready batch: passes the throttle, stamps ferry's producer into it (renumbered if it cannot
     /// go as it is), and takes up its records. `false` when `stop` fired first.
     async fn send_next(&mut self, pipe: &mut Pipe, stop: &CancellationToken) -> Result<bool, Failure> {
@@ -488,32 +468,44 @@ impl Replication<'_> {
         let timestamp_ms = Some(ready.batch.first_timestamp());
         let (stamped, records) = if ready.batch.base_offset() >= ready.from && ready.batch.passes_as_is() {
             let stamped = ready.batch.stamped(producer, sequence);
-            let per_record = stamped.len() / ready.batch.record_count().max(1) as usize;
-            for offset in ready.batch.base_offset()..=ready.batch.last_offset() {
-                self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes: per_record, fate: Fate::Produced });
-            }
-            (stamped, ready.batch.record_count())
+            let records = ready.batch.record_count();
+            self.take_up(ready.batch.base_offset()..=ready.batch.last_offset(), records, &stamped, timestamp_ms);
+            (stamped, records)
         } else {
             let renumbered = ready
                 .batch
                 .renumbered(ready.from, producer, sequence)
                 .map_err(|error| Failure::Task(self.malformed(ready.batch.base_offset(), error)))?;
             let Some((stamped, offsets)) = renumbered else { return Ok(true) };
-            let per_record = stamped.len() / offsets.len();
-            for &offset in &offsets {
-                self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes: per_record, fate: Fate::Produced });
-            }
-            (stamped, offsets.len() as i32)
+            let records = offsets.len() as i32;
+            self.take_up(offsets, records, &stamped, timestamp_ms);
+            (stamped, records)
         };
         pipe.next_sequence = batch::next_sequence(sequence, records);
-        let request = produce_request(&self.ctx.spec.target_topic, self.ctx.spec.id.partition);
         let connection = pipe.produce.as_mut().expect("connected before sending");
-        let sent = connection.send_with_records(&request, PRODUCE_VERSION, &stamped.header, &stamped.records).await;
+        let sent = connection
+            .send_with_records(&pipe.produce_request, PRODUCE_VERSION, &stamped.header, &stamped.records)
+            .await;
         pipe.sent_bytes += stamped.len();
         pipe.sent.push_back(Sent { batch: stamped, records });
         sent.map_err(|error| Failure::Connection(error.to_string()))?;
         self.ctx.progress.mark_busy();
         Ok(true)
+    }
+
+    /// Takes up the `records` records of a batch about to be sent, at `offsets` in the source, its bytes spread
+    /// over them.
+    fn take_up(
+        &mut self,
+        offsets: impl IntoIterator<Item = i64>,
+        records: i32,
+        stamped: &Stamped,
+        timestamp_ms: Option<i64>,
+    ) {
+        let bytes = stamped.len() / records.max(1) as usize;
+        for offset in offsets {
+            self.ledger.track(Pending { offset, epoch: 0, timestamp_ms, bytes, fate: Fate::Produced });
+        }
     }
 
     fn malformed(&self, offset: i64, error: BatchError) -> TaskError {
@@ -648,20 +640,4 @@ impl Replication<'_> {
 enum Failure {
     Task(TaskError),
     Connection(String),
-}
-
-/// A produce request (`acks=all`) to `topic`'s `partition`, its batch left out (`records: None`, encoded last at
-/// [`PRODUCE_VERSION`]): [`Connection::send_with_records`] sends the batch after it without copying it.
-fn produce_request(topic: &str, partition: i32) -> ProduceRequest {
-    let mut data = PartitionProduceData::default();
-    data.index = partition;
-    data.records = None;
-    let mut topic_data = TopicProduceData::default();
-    topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    topic_data.partition_data = vec![data];
-    let mut request = ProduceRequest::default();
-    request.acks = -1;
-    request.timeout_ms = PRODUCE_TIMEOUT_MS;
-    request.topic_data = vec![topic_data];
-    request
 }
