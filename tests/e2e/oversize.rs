@@ -32,10 +32,10 @@ async fn a_refused_record_pauses_the_task_and_is_never_skipped() {
         std::fs::read_to_string(state.path().join(format!("{flow}.json"))).unwrap_or_default()
     );
 
-    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
     // Records behind the refused one were in flight when it was refused, so some landed ahead of it: they are
-    // duplicates-to-be, and the restarted member counts them.
+    // duplicates-to-be, and the restarted member counts them. Counted before it starts, which writes at once.
     let duplicates = end_offset(&env.target, &target_topic, 0) - 10;
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, ""));
     wait_for_all_21_records(&env.target, &target_topic, &records, duplicates).await;
     assert_eq!(ferry.metric("ferry_duplicates_total", &[("flow", &flow)]), Some(duplicates as f64));
     report_fault(

@@ -4,7 +4,9 @@
 //! Invariant: the same as the per-record path's. Batches are taken up in source order and every record of a batch
 //! is accounted for in the ledger, so the position, sync points and checkpoints pass a record only once the target
 //! acknowledged its batch. A batch the target refuses stops the task before it; a resend after a lost connection
-//! or a leader change carries the same producer id and sequence, so the broker writes it once.
+//! or a leader change carries the same producer id and sequence, so the broker writes it once. Batches are
+//! pipelined only once the target partition acknowledged one of the producer's: before, it would take any sequence
+//! as the first, and a batch behind a retriably refused one could land ahead of it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -53,6 +55,9 @@ const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the task keeps reconnecting on its own before it fails and the supervisor restarts (and reports) it.
 const MAX_TROUBLE: Duration = Duration::from_secs(120);
+/// How long after its last acknowledged batch the target partition is taken to still know ferry's producer; a
+/// broker forgets an idle producer after `producer.id.expiration.ms`, a day by default.
+const PRODUCER_REMEMBERED_FOR: Duration = Duration::from_secs(3600);
 
 /// The two clusters of a pass-through flow.
 #[derive(Debug)]
@@ -99,6 +104,10 @@ struct Pipe {
     produce: Option<Connection>,
     /// ferry's producer on the target partition; a new one each run (the target fences nothing for it).
     producer: Option<ProducerStamp>,
+    /// When the target last acknowledged a batch of `producer`. A partition that does not know the producer takes
+    /// any sequence as its first, so a batch behind one answered with a retriable error (a leader not ready yet)
+    /// could be written ahead of it; until the partition knows the producer, one batch goes at a time.
+    acknowledged_at: Option<Instant>,
     next_sequence: i32,
     /// The next source offset to fetch.
     fetch_offset: i64,
@@ -125,6 +134,7 @@ impl Pipe {
             fetch: None,
             produce: None,
             producer: None,
+            acknowledged_at: None,
             next_sequence: 0,
             fetch_offset,
             ready: VecDeque::new(),
@@ -142,7 +152,8 @@ impl Pipe {
     fn has_room(&self) -> bool {
         !self.ready.is_empty()
             && (self.sent.is_empty()
-                || (self.sent.len() < MAX_IN_FLIGHT_BATCHES && self.sent_bytes < MAX_IN_FLIGHT_BYTES))
+                || (self.sent.len() < in_flight_limit(self.acknowledged_at, Instant::now())
+                    && self.sent_bytes < MAX_IN_FLIGHT_BYTES))
     }
 
     fn fetching(&self) -> bool {
@@ -161,6 +172,14 @@ impl Pipe {
     /// A leader of `side` answered: its next trouble starts afresh.
     fn answered(&mut self, side: Side) {
         self.trouble[side as usize] = Trouble::default();
+    }
+}
+
+/// How many batches may be in flight, given when the target partition last acknowledged one of the producer's.
+fn in_flight_limit(acknowledged_at: Option<Instant>, now: Instant) -> usize {
+    match acknowledged_at {
+        Some(at) if now.saturating_duration_since(at) < PRODUCER_REMEMBERED_FOR => MAX_IN_FLIGHT_BATCHES,
+        _ => 1,
     }
 }
 
@@ -528,6 +547,7 @@ impl Replication<'_> {
             None => {
                 let sent = pipe.sent.pop_front().expect("a response answers a request in flight");
                 pipe.sent_bytes -= sent.batch.len();
+                pipe.acknowledged_at = Some(Instant::now());
                 let base = partition.base_offset;
                 self.acks.extend((0..i64::from(sent.records)).map(|delta| Ok(base + delta)));
                 pipe.answered(Side::Target);
@@ -640,4 +660,21 @@ impl Replication<'_> {
 enum Failure {
     Task(TaskError),
     Connection(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_batch_goes_at_a_time_until_the_target_partition_knows_the_producer() {
+        let now = Instant::now();
+        assert_eq!(in_flight_limit(None, now), 1, "a new producer: the partition would take any first sequence");
+        assert_eq!(in_flight_limit(Some(now), now + Duration::from_secs(5)), MAX_IN_FLIGHT_BATCHES);
+        assert_eq!(
+            in_flight_limit(Some(now), now + PRODUCER_REMEMBERED_FOR),
+            1,
+            "idle long enough that the broker may have forgotten the producer"
+        );
+    }
 }
