@@ -167,6 +167,7 @@ fn full_example_round_trips() {
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
+                    producers: crate::config::DEFAULT_PRODUCERS,
                 },
             ),
             (
@@ -187,6 +188,7 @@ fn full_example_round_trips() {
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
+                    producers: crate::config::DEFAULT_PRODUCERS,
                 },
             ),
         ]
