@@ -255,7 +255,7 @@ fn now_secs() -> f64 {
 }
 
 fn cluster(bootstrap: &str) -> ClusterConfig {
-    ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new(), producers: 1 }
+    ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new() }
 }
 
 fn plain(bootstrap: &str) -> ClientConfig {

@@ -24,20 +24,6 @@ pub struct ClusterConfig {
     /// Values are scalars or `{ env: VAR }` / `{ file: /path }`.
     #[serde(default)]
     pub client: BTreeMap<String, ClientValue>,
-    /// Idempotent producers a member runs to this cluster as a target, its partitions spread over them; default
-    /// [`DEFAULT_PRODUCERS`]. librdkafka sends one partition per produce request and keeps at most five requests
-    /// in flight per broker connection, so over a long link this is what bounds a member's rate per target broker.
-    #[serde(default = "default_producers")]
-    pub producers: usize,
-}
-
-/// `clusters.<alias>.producers` when unset (docs/adr/0029-producers-per-target-cluster.md).
-pub const DEFAULT_PRODUCERS: usize = 4;
-/// The most producers a member runs to one cluster.
-pub const MAX_PRODUCERS: usize = 32;
-
-fn default_producers() -> usize {
-    DEFAULT_PRODUCERS
 }
 
 impl ClusterConfig {
@@ -71,7 +57,6 @@ impl fmt::Debug for ClusterConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("region", &self.region)
             .field("client", &RedactedClient(&self.client))
-            .field("producers", &self.producers)
             .finish()
     }
 }

@@ -39,7 +39,7 @@ use serde::Deserialize;
 pub(crate) use self::admit::redact_secrets;
 pub use self::admit::{admit, Admitted, SecretCheck};
 pub use self::checkpoint::{CheckpointConfig, EtcdConfig, EtcdTls, StoreKind};
-pub use self::cluster::{ClusterConfig, DEFAULT_PRODUCERS, MAX_PRODUCERS};
+pub use self::cluster::ClusterConfig;
 pub use self::error::{render_path, ConfigError, ConfigProblem};
 pub use self::filter::TopicFilter;
 pub use self::flow::{Delivery, ExactlyOnce, FlowConfig, GroupOffsetSync, Naming, TopicSelection};

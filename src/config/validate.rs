@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::ConfigProblem;
 use super::filter::TopicFilter;
 use super::secret::ClientValue;
-use super::{CheckpointConfig, Config, Delivery, ExactlyOnce, FlowConfig, Naming, StoreKind, MAX_PRODUCERS};
+use super::{CheckpointConfig, Config, Delivery, ExactlyOnce, FlowConfig, Naming, StoreKind};
 
 /// Characters allowed in a flow name: it appears in metric labels, etcd keys and CLI flags.
 fn is_valid_flow_name(name: &str) -> bool {
@@ -84,12 +84,6 @@ fn clusters(config: &Config, out: &mut Vec<ConfigProblem>) {
             out.push(ConfigProblem::new(
                 format!("{path}.region"),
                 "must not be empty (omit it to use the alias as the region)",
-            ));
-        }
-        if !(1..=MAX_PRODUCERS).contains(&cluster.producers) {
-            out.push(ConfigProblem::new(
-                format!("{path}.producers"),
-                format!("must be between 1 and {MAX_PRODUCERS}, not {}", cluster.producers),
             ));
         }
         for (key, value) in &cluster.client {

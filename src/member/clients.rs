@@ -16,7 +16,7 @@ use crate::coordination::ThrottleShare;
 use crate::ops::metrics::Metrics;
 use crate::replication::source::SourceConsumer;
 use crate::replication::supervisor::FlowRuntime;
-use crate::replication::target::TargetProducers;
+use crate::replication::target::TargetProducer;
 use crate::replication::task::{PassThroughClusters, Provenance};
 use crate::replication::throttle::Throttle;
 use crate::replication::transaction::FlowTransactions;
@@ -31,7 +31,7 @@ use super::MemberError;
 pub(super) struct Clients {
     pub(super) metrics: Metrics,
     pub(super) admins: BTreeMap<String, Arc<ClusterAdmin>>,
-    pub(super) producers: BTreeMap<String, TargetProducers>,
+    pub(super) producers: BTreeMap<String, TargetProducer>,
     pub(super) sources: BTreeMap<String, Arc<SourceConsumer>>,
     /// By the throttle's (from, to).
     pub(super) throttles: BTreeMap<(String, String), Arc<Throttle>>,
@@ -68,7 +68,7 @@ impl Clients {
             self.admin(config, alias)?;
         }
         if !self.producers.contains_key(&flow.target) {
-            let producer = TargetProducers::new(&flow.target, &config.clusters[&flow.target], &self.metrics)?;
+            let producer = TargetProducer::new(&flow.target, &config.clusters[&flow.target], &self.metrics)?;
             self.producers.insert(flow.target.clone(), producer);
         }
         let throttle = config.throttle_for(&flow.source, &flow.target).map(|(_, throttle)| {

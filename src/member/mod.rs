@@ -259,8 +259,7 @@ impl Member {
         }
         while components.join_next().await.is_some() {}
         // Before the final checkpoint: it covers what the target acknowledged, and nothing may arrive after it.
-        let producers: Vec<TargetProducer> =
-            lock(&shared.clients).producers.values().flat_map(|p| p.all().to_vec()).collect();
+        let producers: Vec<TargetProducer> = lock(&shared.clients).producers.values().cloned().collect();
         for producer in producers {
             let purged = producer.purge_unacknowledged();
             if purged > 0 {

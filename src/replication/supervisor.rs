@@ -18,7 +18,7 @@ use crate::checkpoint::{Checkpoint, TaskKey};
 use crate::ops::metrics::Metrics;
 use crate::replication::progress::{Position, Registry, TaskId, TaskProgress, TaskState};
 use crate::replication::source::SourceConsumer;
-use crate::replication::target::TargetProducers;
+use crate::replication::target::TargetProducer;
 use crate::replication::task::{self, PassThroughClusters, Provenance, Refused, TaskContext, TaskError};
 use crate::replication::throttle::Throttle;
 use crate::replication::transaction::FlowTransactions;
@@ -51,8 +51,8 @@ fn jitter_fraction(id: &TaskId, failures: u32) -> f64 {
 pub struct FlowRuntime {
     /// The flow's consumer.
     pub source: Arc<SourceConsumer>,
-    /// The target cluster's producers.
-    pub target: TargetProducers,
+    /// The target cluster's producer.
+    pub target: TargetProducer,
     /// The region pair's throttle.
     pub throttle: Option<Arc<Throttle>>,
     /// Identity naming's loop guard.
@@ -231,7 +231,7 @@ impl Supervisor {
         let ctx = TaskContext {
             spec: spec.clone(),
             source: flow.source.clone(),
-            target: flow.target.for_partition(&spec.target_topic, spec.id.partition),
+            target: flow.target.clone(),
             throttle: flow.throttle.clone(),
             metrics: self.metrics.task(&spec.id.flow, &spec.id.topic, spec.id.partition),
             progress,

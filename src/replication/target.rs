@@ -1,6 +1,5 @@
-//! The target side: the shared idempotent producers of each target cluster (`clusters.<alias>.producers`, each
-//! partition always on the same one), used by every task writing there, and the acknowledgement sink through which
-//! each task learns what became of its records.
+//! The target side: one shared idempotent producer per target cluster, used by every task writing there, and the
+//! acknowledgement sink through which each task learns what became of its records.
 //!
 //! Invariant: records of one partition are acknowledged in the order they were sent (idempotence keeps order
 //! across retries), which is what lets a task advance its position by acknowledgements alone.
@@ -112,23 +111,14 @@ impl ProducerContext for TargetContext {
     }
 }
 
-/// A new librdkafka producer for cluster `alias`, one of `siblings`: transactional when `transactional_id` is set.
+/// A new librdkafka producer for cluster `alias`: transactional when `transactional_id` is set.
 fn build(
     alias: &str,
     cluster: &ClusterConfig,
     metrics: &Metrics,
     transactional_id: Option<&str>,
-    siblings: usize,
 ) -> Result<ThreadedProducer<TargetContext>, ClientError> {
     let mut config = client_config(alias, cluster, Role::Producer)?;
-    // The cluster's producers share ferry's buffer bound, so their number does not multiply a member's memory
-    // (a limit the user set is the user's, per producer).
-    for key in ["queue.buffering.max.kbytes", "queue.buffering.max.messages"] {
-        if siblings > 1 && !cluster.client.contains_key(key) {
-            let shared: usize = config.get(key).and_then(|v| v.parse().ok()).expect("client_config sets it");
-            config.set(key, (shared / siblings).max(1).to_string());
-        }
-    }
     if let Some(transactional_id) = transactional_id {
         // Set after the user's properties: the id is what fences zombies, so it is never the user's to choose.
         config.set("transactional.id", transactional_id);
@@ -150,47 +140,6 @@ fn build(
     config.create_with_context(context).map_err(|source| ClientError::create(alias, cluster, &source))
 }
 
-/// The producers of one target cluster; every task of a target partition uses the same one, so a partition's
-/// records keep their order, and the partitions of a member spread over the producers, so that more produce
-/// requests are in flight per broker than librdkafka's five per connection (a long link moves only what is in
-/// flight per round trip).
-#[derive(Clone, Debug)]
-pub struct TargetProducers {
-    producers: Arc<[TargetProducer]>,
-}
-
-impl TargetProducers {
-    /// Builds the `clusters.<alias>.producers` producers of cluster `alias`; they connect lazily.
-    pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, ClientError> {
-        let count = cluster.producers.max(1);
-        let producers = (0..count)
-            .map(|_| TargetProducer::with_cell(alias, cluster, metrics, None, count))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { producers: producers.into() })
-    }
-
-    /// The producer of target partition `partition` of `topic`.
-    pub fn for_partition(&self, topic: &str, partition: i32) -> TargetProducer {
-        self.producers[producer_index(topic, partition, self.producers.len())].clone()
-    }
-
-    /// Every producer of the cluster.
-    pub fn all(&self) -> &[TargetProducer] {
-        &self.producers
-    }
-}
-
-/// Which of `count` producers writes partition `partition` of `topic`: consecutive partitions of a topic go to
-/// consecutive producers, and topics start at different ones, so any set of partitions spreads evenly.
-fn producer_index(topic: &str, partition: i32, count: usize) -> usize {
-    // FNV-1a: stable across processes and releases, unlike std's hasher (which producer a partition uses is not
-    // stored, but stable placement keeps runs comparable).
-    let topic_hash = topic
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
-    (topic_hash.wrapping_add(partition.unsigned_abs().into()) % count as u64) as usize
-}
-
 /// A record for [`TargetProducer::send`]; its acknowledgement goes to the sink it carries.
 pub type TargetRecord<'a> = BaseRecord<'a, [u8], [u8], Arc<AckSink>>;
 
@@ -209,7 +158,6 @@ struct ProducerCell {
     cluster: ClusterConfig,
     metrics: Metrics,
     transactional_id: Option<String>,
-    siblings: usize,
 }
 
 impl std::fmt::Debug for TargetProducer {
@@ -219,10 +167,9 @@ impl std::fmt::Debug for TargetProducer {
 }
 
 impl TargetProducer {
-    /// Builds a single producer for cluster `alias` (for group offset sync, whatever `producers` says); it
-    /// connects lazily.
+    /// Builds the producer for cluster `alias`; it connects lazily.
     pub fn new(alias: &str, cluster: &ClusterConfig, metrics: &Metrics) -> Result<Self, ClientError> {
-        Self::with_cell(alias, cluster, metrics, None, 1)
+        Self::with_cell(alias, cluster, metrics, None)
     }
 
     fn with_cell(
@@ -230,15 +177,13 @@ impl TargetProducer {
         cluster: &ClusterConfig,
         metrics: &Metrics,
         transactional_id: Option<String>,
-        siblings: usize,
     ) -> Result<Self, ClientError> {
-        let producer = Arc::new(build(alias, cluster, metrics, transactional_id.as_deref(), siblings)?);
+        let producer = Arc::new(build(alias, cluster, metrics, transactional_id.as_deref())?);
         let cell = Arc::new(ProducerCell {
             current: Mutex::new(producer.clone()),
             cluster: cluster.clone(),
             metrics: metrics.clone(),
             transactional_id,
-            siblings,
         });
         Ok(Self { alias: alias.to_owned(), producer, cell })
     }
@@ -257,7 +202,7 @@ impl TargetProducer {
         let mut current = self.cell.current.lock().expect("producer cell lock poisoned");
         if Arc::ptr_eq(&current, &self.producer) {
             let cell = &self.cell;
-            match build(&self.alias, &cell.cluster, &cell.metrics, cell.transactional_id.as_deref(), cell.siblings) {
+            match build(&self.alias, &cell.cluster, &cell.metrics, cell.transactional_id.as_deref()) {
                 Ok(fresh) => {
                     *current = Arc::new(fresh);
                     cell.metrics.producer_rebuilds_of(&self.alias).inc();
@@ -285,7 +230,7 @@ impl TargetProducer {
         metrics: &Metrics,
         transactional_id: &str,
     ) -> Result<Self, ClientError> {
-        Self::with_cell(alias, cluster, metrics, Some(transactional_id.to_owned()), 1)
+        Self::with_cell(alias, cluster, metrics, Some(transactional_id.to_owned()))
     }
 
     /// The librdkafka producer, for the transaction calls of a bucket.
@@ -335,26 +280,5 @@ impl TargetProducer {
             self.producer.purge(PurgeConfig::default().queue().inflight());
         }
         held
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_topics_partitions_spread_evenly_over_the_producers_and_each_stays_on_one() {
-        for count in [1, 3, 4] {
-            let mut per_producer = vec![0; count];
-            for partition in 0..(count as i32 * 5) {
-                let index = producer_index("orders", partition, count);
-                assert_eq!(index, producer_index("orders", partition, count), "the same producer every time");
-                per_producer[index] += 1;
-            }
-            assert!(per_producer.iter().all(|&n| n == 5), "{count} producers: {per_producer:?}");
-        }
-        let starts: std::collections::BTreeSet<usize> =
-            ["orders", "payments", "audit", "clicks", "users"].iter().map(|t| producer_index(t, 0, 4)).collect();
-        assert!(starts.len() > 1, "topics start at different producers");
     }
 }

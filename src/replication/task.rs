@@ -972,7 +972,7 @@ mod tests {
     use crate::replication::progress::{SyncPoint, TaskId};
 
     fn cluster(bootstrap: &str) -> ClusterConfig {
-        ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new(), producers: 1 }
+        ClusterConfig { bootstrap_servers: bootstrap.to_owned(), region: None, client: BTreeMap::new() }
     }
 
     /// Several bursts' worth, so records at burst boundaries are covered.

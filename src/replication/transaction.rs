@@ -831,8 +831,7 @@ mod tests {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("remote.orders", 1, 1).unwrap();
         let bootstrap = mock.bootstrap_servers();
-        let cluster =
-            ClusterConfig { bootstrap_servers: bootstrap, region: None, client: Default::default(), producers: 1 };
+        let cluster = ClusterConfig { bootstrap_servers: bootstrap, region: None, client: Default::default() };
         let flow: FlowConfig = serde_json::from_value(serde_json::json!({
             "name": "flow", "source": "mock", "target": "mock", "topics": { "include": ["orders"] },
             "delivery": "exactly-once", "exactly_once": { "buckets": 1 }

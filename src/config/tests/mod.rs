@@ -167,7 +167,6 @@ fn full_example_round_trips() {
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
-                    producers: crate::config::DEFAULT_PRODUCERS,
                 },
             ),
             (
@@ -188,7 +187,6 @@ fn full_example_round_trips() {
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
-                    producers: crate::config::DEFAULT_PRODUCERS,
                 },
             ),
         ]

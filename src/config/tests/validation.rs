@@ -125,8 +125,7 @@ clusters:
     bootstrap_servers: "a:1"
     region: ""
     client: { bootstrap.servers: "b:2", x: { env: "" } }
-  eu-west: { bootstrap_servers: "c:3", producers: 0 }
-  ap-south: { bootstrap_servers: "d:4", producers: 33 }
+  eu-west: { bootstrap_servers: "c:3" }
 flows:
   - { name: f, source: us.east, target: eu-west, topics: { include: [a] } }
 "#,
@@ -135,9 +134,7 @@ flows:
     assert_problem(&lines, "clusters.us.east.region: must not be empty");
     assert_problem(&lines, "clusters.us.east.client.bootstrap.servers: set clusters.us.east.bootstrap_servers instead");
     assert_problem(&lines, "clusters.us.east.client.x.env: environment variable name must not be empty");
-    assert_problem(&lines, "clusters.eu-west.producers: must be between 1 and 32, not 0");
-    assert_problem(&lines, "clusters.ap-south.producers: must be between 1 and 32, not 33");
-    assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
+    assert_eq!(lines.len(), 4, "{}", lines.join("\n"));
 }
 
 #[test]
@@ -161,10 +158,7 @@ flows:
   - { name: f, source: us-east, target: eu-west, topics: { include: [a], includes: [b] } }
 "#,
     );
-    assert_problem(
-        &lines,
-        "clusters.us-east.bootstrap: unknown key (expected bootstrap_servers, region, client or producers)",
-    );
+    assert_problem(&lines, "clusters.us-east.bootstrap: unknown key (expected bootstrap_servers, region or client)");
     assert_problem(&lines, "checkpoint.etcd.lease: unknown key");
     assert_problem(&lines, "flows[0].topics.includes: unknown key (expected include or exclude)");
     assert_eq!(lines.len(), 3, "client keys pass through: {}", lines.join("\n"));
