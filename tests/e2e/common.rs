@@ -370,6 +370,57 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Waits until every source record of `expected` (by partition) is on `target_topic` in source order once
+/// duplicates are removed, then checks that nothing was counted lost and that the duplicates are exactly those
+/// ferry counted; returns how many there were.
+pub async fn wait_at_least_once(
+    ferry: &Ferry,
+    flow: &str,
+    target: &str,
+    target_topic: &str,
+    expected: &[Vec<Record>],
+) -> usize {
+    let wanted: i64 = expected.iter().map(|records| records.len() as i64).sum();
+    let copies = wait_for("every record on the target", Duration::from_secs(180), || {
+        // Reading every record is slow; the end offsets say cheaply when it is worth it.
+        let held: i64 = (0..expected.len()).map(|p| end_offset(target, target_topic, p as i32).max(0)).sum();
+        if held < wanted {
+            return None;
+        }
+        let mut copies = BTreeMap::new();
+        for (partition, expected) in expected.iter().enumerate() {
+            let ids: Vec<String> =
+                read_partition(target, target_topic, partition as i32).into_iter().map(|(_, r)| r.id()).collect();
+            let mut seen = std::collections::BTreeSet::new();
+            let first: Vec<&String> = ids.iter().filter(|id| seen.insert(id.as_str())).collect();
+            if first.len() < expected.len() {
+                return None;
+            }
+            let wanted: Vec<String> = expected.iter().map(Record::id).collect();
+            assert!(
+                first.iter().copied().eq(wanted.iter()),
+                "{target_topic}[{partition}]: lost, foreign or reordered records"
+            );
+            copies.insert(partition, ids.len() - first.len());
+        }
+        Some(copies)
+    })
+    .await;
+    let duplicates: usize = copies.values().sum();
+    // ferry counts a duplicate when a task restarts from its checkpoint, which can come a moment after the copy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counted = loop {
+        let counted = ferry.metric("ferry_duplicates_total", &[("flow", flow)]).unwrap_or(0.0) as usize;
+        if counted >= duplicates || Instant::now() > deadline {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(duplicates, counted, "duplicates on the target ({copies:?} by partition) must be the ones counted");
+    assert_eq!(ferry.metric("ferry_records_lost_total", &[("flow", flow)]), Some(0.0), "records counted lost");
+    duplicates
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
