@@ -38,12 +38,14 @@ const MAX_IN_FLIGHT_BYTES: usize = 4 << 20;
 /// duplicates.
 const RESENDABLE_BATCHES: usize = 5;
 /// Bytes fetched and not yet produced that a task holds before it fetches again. With one fetch of up to
-/// [`PARTITION_MAX_BYTES`] in flight, a task holds at most about twice this besides its batches in flight, so a
+/// [`PARTITION_MAX_BYTES`] in flight, a task holds at most this plus that besides its batches in flight, so a
 /// member's memory stays bounded by its partition count when the target is slow.
 const MAX_READY_BYTES: usize = 2 << 20;
 /// `max_bytes` and `partition_max_bytes` of a fetch (one partition per fetch); a larger single batch still comes
-/// whole (KIP-74).
-const PARTITION_MAX_BYTES: i32 = 2 << 20;
+/// whole (KIP-74). A task has one fetch in flight, so this is what a partition moves per round trip to the source:
+/// 4 MiB keeps a partition at its loopback rate with the source 80 ms away, where 2 MiB kept 0.79 of it
+/// (docs/benchmarks.md, runs P and R).
+const PARTITION_MAX_BYTES: i32 = 4 << 20;
 /// How long a fetch waits at the source for data: the per-record path's `fetch.wait.max.ms`.
 const FETCH_MAX_WAIT_MS: i32 = 100;
 /// How long the target waits for its replicas before answering a produce request (`acks=all`).
