@@ -43,8 +43,7 @@ const RESENDABLE_BATCHES: usize = 5;
 const MAX_READY_BYTES: usize = 2 << 20;
 /// `max_bytes` and `partition_max_bytes` of a fetch (one partition per fetch); a larger single batch still comes
 /// whole (KIP-74). A task has one fetch in flight, so this is what a partition moves per round trip to the source:
-/// 4 MiB keeps a partition at its loopback rate with the source 80 ms away, where 2 MiB kept 0.79 of it
-/// (docs/benchmarks.md, runs P and R).
+/// with the source 80 ms away, 2 MiB kept 0.79 of the loopback rate and 4 MiB 1.2 (docs/benchmarks.md, runs P and R).
 const PARTITION_MAX_BYTES: i32 = 4 << 20;
 /// How long a fetch waits at the source for data: the per-record path's `fetch.wait.max.ms`.
 const FETCH_MAX_WAIT_MS: i32 = 100;
