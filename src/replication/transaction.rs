@@ -401,18 +401,13 @@ impl FlowTransactions {
         let positions = self.shared.positions.clone();
         let (topic, partition) = (spec.target_topic.clone(), spec.id.partition);
         let result = tokio::task::spawn_blocking(move || {
-            let mut wanted = TopicPartitionList::new();
-            wanted.add_partition(&topic, partition);
-            let committed = positions.committed_offsets(wanted, REQUEST_TIMEOUT)?;
-            let position = committed.find_partition(&topic, partition).and_then(|entry| match entry.offset() {
-                Offset::Offset(offset) => Some(CommittedPosition {
-                    offset,
-                    source_topic_id: entry.metadata().strip_prefix(SOURCE_TOPIC_ID_METADATA).map(TopicId::from),
-                }),
-                _ => None,
-            });
-            let (_, end) = positions.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
-            Ok((position, end))
+            read_committed_and_end(&positions, &topic, partition).or_else(|_| {
+                // Seen once after a target broker was killed just after the topic was created: every read of one
+                // partition failed with UnknownPartition for minutes, across task restarts, because the shared
+                // consumer kept what its metadata cache said. A metadata request of the topic's own replaces that.
+                let _ = positions.fetch_metadata(Some(&topic), REQUEST_TIMEOUT);
+                read_committed_and_end(&positions, &topic, partition)
+            })
         })
         .await
         .unwrap_or(Err(KafkaError::Canceled));
@@ -425,6 +420,26 @@ impl FlowTransactions {
             error: Box::new(error),
         })
     }
+}
+
+/// What the position group holds for `topic[partition]` on the target, and that partition's end (blocking).
+fn read_committed_and_end(
+    positions: &BaseConsumer<ClusterContext>,
+    topic: &str,
+    partition: i32,
+) -> Result<(Option<CommittedPosition>, i64), KafkaError> {
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, partition);
+    let committed = positions.committed_offsets(wanted, REQUEST_TIMEOUT)?;
+    let position = committed.find_partition(topic, partition).and_then(|entry| match entry.offset() {
+        Offset::Offset(offset) => Some(CommittedPosition {
+            offset,
+            source_topic_id: entry.metadata().strip_prefix(SOURCE_TOPIC_ID_METADATA).map(TopicId::from),
+        }),
+        _ => None,
+    });
+    let (_, end) = positions.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+    Ok((position, end))
 }
 
 /// The source position a committed transaction recorded for a task's partition.

@@ -287,3 +287,99 @@ async fn after_a_kill_9_nothing_is_lost_and_the_duplicates_are_counted() {
         Recovery::After(recovered),
     );
 }
+
+/// A source log the broker's cleaner compacted: its batches have holes in their offsets. Every surviving record
+/// arrives once, in order, on both an lz4 and an uncompressed partition, and a group committed just after a hole
+/// translates to the same record on the target (whose offsets have no holes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_source_arrives_without_its_holes_and_offsets_translate_exactly() {
+    let env = test_env!();
+    let topic = unique("pt-compacted");
+    let flow = unique("ptc");
+    let state = tempfile::tempdir().unwrap();
+    // Small segments and an eager cleaner, so closed segments are compacted within the cleaner's first pass (its
+    // thread looks for work every 15 s by default).
+    let compacted = [
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", "1048576"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("min.compaction.lag.ms", "0"),
+    ];
+    create_topic(&env.source, &topic, 2, &compacted).await;
+    // 1,500 records of about 3 KB per partition: several segments. Every tenth record has a key of its own and
+    // survives; the others share 40 keys, so most of them are superseded and batches keep records with holes between
+    // them. Values are pseudo-random so that lz4 cannot shrink them below a segment.
+    let records: Vec<Vec<Record>> = (0..2)
+        .map(|partition| {
+            (0..1_500_u64)
+                .map(|seq| {
+                    let mut record = Record::numbered(&topic, partition, seq);
+                    let key = if seq % 10 == 0 { format!("own-{seq}") } else { format!("key-{}", seq % 40) };
+                    record.key = Some(key.into_bytes());
+                    let mut state = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    record.value = Some(
+                        (0..3_000)
+                            .map(|_| {
+                                state ^= state << 13;
+                                state ^= state >> 7;
+                                state ^= state << 17;
+                                state as u8
+                            })
+                            .collect(),
+                    );
+                    record
+                })
+                .collect()
+        })
+        .collect();
+    produce(&compressing_producer(&env.source, "lz4"), &topic, 0, &records[0]).await;
+    produce(&compressing_producer(&env.source, "none"), &topic, 1, &records[1]).await;
+    let survivors: Vec<Vec<(i64, Record)>> = wait_for("the source compacted", Duration::from_secs(120), || {
+        let survivors: Vec<Vec<(i64, Record)>> = (0..2).map(|p| read_partition(&env.source, &topic, p)).collect();
+        survivors.iter().all(|records| records.len() < 1_200).then_some(survivors)
+    })
+    .await;
+
+    let ferry = Ferry::start(state.path(), &config(&env, state.path(), &flow, &topic, PASSTHROUGH));
+    let target_topic = format!("src.{topic}");
+    wait_for("every surviving record on the target", Duration::from_secs(60), || {
+        (0..2).all(|p| end_offset(&env.target, &target_topic, p) == survivors[p as usize].len() as i64).then_some(())
+    })
+    .await;
+    for partition in 0..2 {
+        let replicated: Vec<Record> =
+            read_partition(&env.target, &target_topic, partition).into_iter().map(|(_, record)| record).collect();
+        let expected: Vec<&Record> = survivors[partition as usize].iter().map(|(_, record)| record).collect();
+        assert_eq!(replicated.len(), expected.len(), "{target_topic}[{partition}]");
+        for (index, (got, want)) in replicated.iter().zip(expected).enumerate() {
+            assert_eq!(got, want, "{target_topic}[{partition}] record {index}");
+        }
+    }
+    assert_eq!(ferry.metric("ferry_task_failures_total", &[]), Some(0.0), "{}", ferry.logs());
+
+    // The first surviving record after a hole, per partition.
+    let after_hole: Vec<(i64, String)> = survivors
+        .iter()
+        .map(|records| {
+            let at = records.windows(2).position(|pair| pair[1].0 > pair[0].0 + 1).expect("a hole") + 1;
+            (records[at].0, records[at].1.id())
+        })
+        .collect();
+    let group = unique("ptc-group");
+    commit(&env.source, &group, &topic, &after_hole.iter().map(|(offset, _)| *offset).collect::<Vec<_>>());
+    wait_for("a checkpoint of every partition", Duration::from_secs(30), || {
+        let stored = stored_positions(state.path(), &flow);
+        (0..2)
+            .all(|p| stored.get(&(topic.clone(), p)).is_some_and(|next| *next >= after_hole[p as usize].0))
+            .then_some(())
+    })
+    .await;
+    let rows = translate_json(&state.path().join("ferry.yaml"), &flow, &group);
+    for partition in 0..2 {
+        let row = rows.iter().find(|row| row["partition"] == partition).unwrap_or_else(|| panic!("{rows:?}"));
+        let target_offset = row["target_offset"].as_i64().unwrap_or_else(|| panic!("{row}"));
+        let replicated = read_partition(&env.target, &target_topic, partition);
+        let (_, record) = replicated.iter().find(|(offset, _)| *offset == target_offset).unwrap();
+        assert_eq!(record.id(), after_hole[partition as usize].1, "{row}");
+    }
+}

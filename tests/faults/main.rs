@@ -15,7 +15,6 @@ mod dev_env;
 #[path = "../e2e/common.rs"]
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
