@@ -838,15 +838,13 @@ mod tests {
         assert_eq!(bucket_of("orders", 5, 1), 0);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_whose_position_could_not_be_read_can_join_again_at_once() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-
-        let mock = MockCluster::new(1).unwrap();
+    /// An exactly-once flow of one bucket writing to `mock`, and a task of it whose target is `remote.orders`[0].
+    fn one_bucket_flow_on(
+        mock: &rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> (FlowTransactions, TaskSpec) {
         mock.create_topic("remote.orders", 1, 1).unwrap();
-        let bootstrap = mock.bootstrap_servers();
-        let cluster = ClusterConfig { bootstrap_servers: bootstrap, region: None, client: Default::default() };
+        let cluster =
+            ClusterConfig { bootstrap_servers: mock.bootstrap_servers(), region: None, client: Default::default() };
         let flow: FlowConfig = serde_json::from_value(serde_json::json!({
             "name": "flow", "source": "mock", "target": "mock", "topics": { "include": ["orders"] },
             "delivery": "exactly-once", "exactly_once": { "buckets": 1 }
@@ -858,17 +856,40 @@ mod tests {
             target_topic: "remote.orders".to_owned(),
             resume: None,
         };
-        // The position read fails (as on a topic whose leader is not known yet).
-        mock.request_errors(
-            RDKafkaApiKey::OffsetFetch,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
-        );
+        (transactions, spec)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_whose_position_could_not_be_read_can_join_again_at_once() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+        let mock = MockCluster::new(1).unwrap();
+        let (transactions, spec) = one_bucket_flow_on(&mock);
+        // The position read fails (as on a topic whose leader is not known yet), also when read again.
+        let refused = RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED;
+        mock.request_errors(RDKafkaApiKey::OffsetFetch, &[refused, refused]);
         assert!(matches!(transactions.enlist(&spec, None, false).await, Err(TransactionError::Positions { .. })));
         mock.clear_request_errors(RDKafkaApiKey::OffsetFetch);
         // The next run is not kept waiting for a slot the failed one never used.
         let again = tokio::time::timeout(Duration::from_secs(10), transactions.enlist(&spec, None, false)).await;
         let enlisted = again.expect("joined without waiting").expect("joined");
         assert_eq!(enlisted.committed, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_position_read_that_fails_once_is_read_again_after_a_metadata_request() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+        let mock = MockCluster::new(1).unwrap();
+        let (transactions, spec) = one_bucket_flow_on(&mock);
+        mock.request_errors(
+            RDKafkaApiKey::OffsetFetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+        );
+        let enlisted = tokio::time::timeout(Duration::from_secs(30), transactions.enlist(&spec, None, false)).await;
+        assert_eq!(enlisted.expect("enlisted in time").expect("enlisted").committed, None);
     }
 
     #[test]
