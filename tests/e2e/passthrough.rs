@@ -143,20 +143,37 @@ async fn batches_arrive_byte_for_byte_without_aborted_transactions_and_offsets_t
     let offsets: Vec<i64> =
         (0..3).map(|p| source_records[p].iter().find(|(_, record)| record.id() == wanted_ids[p]).unwrap().0).collect();
     assert!(offsets[2] > 800, "partition 2's record sits behind an aborted transaction: {}", offsets[2]);
+    let at: Vec<(i64, String)> = offsets.into_iter().zip(wanted_ids).collect();
+    assert_a_group_translates_to_the_same_records(&env, state.path(), &flow, &topic, &at).await;
+}
+
+/// Commits a source group at `at` (per partition: the offset and the id of the record there), waits until the
+/// checkpoints cover it, and checks that `ferry translate` points every partition at the same record on the target.
+async fn assert_a_group_translates_to_the_same_records(
+    env: &TestEnv,
+    state_dir: &std::path::Path,
+    flow: &str,
+    topic: &str,
+    at: &[(i64, String)],
+) {
     let group = unique("pt-group");
-    commit(&env.source, &group, &topic, &offsets);
+    commit(&env.source, &group, topic, &at.iter().map(|(offset, _)| *offset).collect::<Vec<_>>());
     wait_for("a checkpoint of every partition", Duration::from_secs(30), || {
-        let stored = stored_positions(state.path(), &flow);
-        (0..3).all(|p| stored.get(&(topic.clone(), p)).is_some_and(|next| *next >= offsets[p as usize])).then_some(())
+        let stored = stored_positions(state_dir, flow);
+        at.iter()
+            .enumerate()
+            .all(|(p, (offset, _))| stored.get(&(topic.to_owned(), p as i32)).is_some_and(|next| next >= offset))
+            .then_some(())
     })
     .await;
-    let rows = translate_json(&state.path().join("ferry.yaml"), &flow, &group);
-    for partition in 0..3 {
+    let rows = translate_json(&state_dir.join("ferry.yaml"), flow, &group);
+    let target_topic = format!("src.{topic}");
+    for (partition, (_, id)) in at.iter().enumerate() {
         let row = rows.iter().find(|row| row["partition"] == partition).unwrap_or_else(|| panic!("{rows:?}"));
         let target_offset = row["target_offset"].as_i64().unwrap_or_else(|| panic!("{row}"));
-        let replicated = read_partition(&env.target, &target_topic, partition);
+        let replicated = read_partition(&env.target, &target_topic, partition as i32);
         let (_, record) = replicated.iter().find(|(offset, _)| *offset == target_offset).unwrap();
-        assert_eq!(record.id(), wanted_ids[partition as usize], "{row}");
+        assert_eq!(&record.id(), id, "{row}");
     }
 }
 
@@ -365,21 +382,5 @@ async fn a_compacted_source_arrives_without_its_holes_and_offsets_translate_exac
             (records[at].0, records[at].1.id())
         })
         .collect();
-    let group = unique("ptc-group");
-    commit(&env.source, &group, &topic, &after_hole.iter().map(|(offset, _)| *offset).collect::<Vec<_>>());
-    wait_for("a checkpoint of every partition", Duration::from_secs(30), || {
-        let stored = stored_positions(state.path(), &flow);
-        (0..2)
-            .all(|p| stored.get(&(topic.clone(), p)).is_some_and(|next| *next >= after_hole[p as usize].0))
-            .then_some(())
-    })
-    .await;
-    let rows = translate_json(&state.path().join("ferry.yaml"), &flow, &group);
-    for partition in 0..2 {
-        let row = rows.iter().find(|row| row["partition"] == partition).unwrap_or_else(|| panic!("{rows:?}"));
-        let target_offset = row["target_offset"].as_i64().unwrap_or_else(|| panic!("{row}"));
-        let replicated = read_partition(&env.target, &target_topic, partition);
-        let (_, record) = replicated.iter().find(|(offset, _)| *offset == target_offset).unwrap();
-        assert_eq!(record.id(), after_hole[partition as usize].1, "{row}");
-    }
+    assert_a_group_translates_to_the_same_records(&env, state.path(), &flow, &topic, &after_hole).await;
 }
